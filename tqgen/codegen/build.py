@@ -1,0 +1,123 @@
+"""``python -m tqgen build``: render the default matrix into ``generated/``.
+
+Files are rewritten only when their content changes; ``manifest.json`` records
+what was rendered (ids, source hashes, template hash, tqgen version, arch and the
+launch config chosen for each variant).  ``--check`` writes nothing and fails when
+``generated/`` differs from what the templates produce now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqgen.codegen.render import render, template_hash
+from tqgen.paths import GENERATED_DIR, MANIFEST_PATH
+from tqgen.spec import VariantSpec, default_matrix, select
+from tqgen.tuning import configs_for
+from tqgen.tuning.arch import check_arch
+from tqgen.version import __version__
+
+MANIFEST_NAME = MANIFEST_PATH.name
+
+
+@dataclass
+class BuildReport:
+    """What a build (or check) found, file by file."""
+
+    arch: str
+    written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)  # differs / missing / extra (check mode)
+    removed: list[str] = field(default_factory=list)
+    per_family: Counter = field(default_factory=Counter)
+
+    @property
+    def ok(self) -> bool:
+        return not self.stale
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Atomically write ``text`` unless the file already holds exactly it."""
+    data = text.encode()
+    if path.exists() and path.read_bytes() == data:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return True
+
+
+def manifest_text(specs: list[VariantSpec], sources: dict[str, str], arch: str) -> str:
+    """The manifest for ``specs`` (deterministic: no timestamps)."""
+    variants = {}
+    for spec in specs:
+        variants[spec.id] = {
+            "file": f"{spec.id}.py",
+            "family": spec.family.value,
+            "sha256": hashlib.sha256(sources[spec.id].encode()).hexdigest()[:16],
+            "configs": configs_for(spec, arch),
+        }
+    manifest = {
+        "tqgen_version": __version__,
+        "template_hash": template_hash(),
+        "arch": arch,
+        "variants": variants,
+    }
+    return json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+
+
+def committed_arch(out_dir: Path = GENERATED_DIR) -> str | None:
+    """The arch recorded in an existing manifest, if any."""
+    path = out_dir / MANIFEST_NAME
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text()).get("arch")
+    except json.JSONDecodeError:
+        return None
+
+
+def build(arch: str | None, only: str | None = None, check: bool = False, out_dir: Path = GENERATED_DIR) -> BuildReport:
+    """Render (or with ``check``, compare) the default matrix; ``only`` filters by id pattern."""
+    arch = arch or committed_arch(out_dir) or "sm_90"
+    check_arch(arch)
+    report = BuildReport(arch=arch)
+    all_specs = list(default_matrix())
+    chosen = {s.id for s in select(all_specs, only)}
+    sources = {s.id: render(s) for s in all_specs}
+
+    family_of = {f"{s.id}.py": s.family.value for s in all_specs}
+    expected = {f"{sid}.py": text for sid, text in sources.items() if sid in chosen}
+    if only is None:
+        expected[MANIFEST_NAME] = manifest_text(all_specs, sources, arch)
+        family_of[MANIFEST_NAME] = "manifest"
+    for name, text in sorted(expected.items()):
+        path = out_dir / name
+        report.per_family[family_of[name]] += 1
+        if check:
+            if not path.exists() or path.read_bytes() != text.encode():
+                report.stale.append(name)
+            else:
+                report.unchanged.append(name)
+        elif write_if_changed(path, text):
+            report.written.append(name)
+        else:
+            report.unchanged.append(name)
+
+    if only is None and out_dir.exists():
+        for path in sorted(out_dir.glob("*.py")):
+            if path.name not in expected:
+                if check:
+                    report.stale.append(path.name)
+                else:
+                    path.unlink()
+                    report.removed.append(path.name)
+    return report

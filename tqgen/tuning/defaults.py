@@ -1,0 +1,60 @@
+"""Documented default launch configs, derived from an arch's limits.
+
+Used whenever the tune cache has no entry, so ``python -m tqgen build --arch sm_89``
+works on a machine without a GPU.  Rules (README "Tuning" repeats them):
+
+* prefill: BLOCK_M query rows (query heads of a GQA group flattened in), BLOCK_N
+  keys per tile; 128x64 with 8 warps when the arch has >= 160 KB of shared memory
+  and D <= 128, else 64x64 (64x32 for D > 128) with 4 warps; as many pipeline
+  stages (2-3) as fit the shared memory.
+* decode: BLOCK_N = 64 keys per tile (32 for D > 128), 4 warps, 2 stages; each
+  split walks at least SPLIT_MIN_TOKENS keys.
+* compress / decompress / scores: 32-64 token rows per program, 4 warps.
+* the interpreter (``cpu``): the largest blocks, because each interpreted tile
+  iteration costs milliseconds.
+"""
+
+from __future__ import annotations
+
+from tqgen.codegen.context import next_pow2
+from tqgen.spec import Family, VariantSpec
+from tqgen.tuning.arch import ArchLimits
+
+Config = dict[str, int]
+
+
+def _attention_smem(block_m: int, block_n: int, d_pad: int, stages: int) -> int:
+    """Rough shared-memory bytes: a K and a V tile per stage plus the Q tile, 2-byte elements."""
+    return stages * 2 * block_n * d_pad * 2 + block_m * d_pad * 2
+
+
+def default_config(spec: VariantSpec, limits: ArchLimits) -> Config:
+    d_pad = max(16, next_pow2(spec.head_dim))
+    fam = spec.family
+    if limits.interpreter:
+        if fam is Family.ATTN_PREFILL:
+            return {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
+        if fam is Family.ATTN_DECODE:
+            return {"BLOCK_N": 64, "SPLIT_MIN_TOKENS": 64, "num_warps": 4, "num_stages": 1}
+        if fam is Family.SCORES:
+            return {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
+        if fam is Family.DECODE_REDUCE:
+            return {"num_warps": 4, "num_stages": 1}
+        return {"BLOCK_T": 64, "num_warps": 4, "num_stages": 1}
+
+    if fam is Family.ATTN_PREFILL:
+        big = limits.smem_per_block >= 160 * 1024 and d_pad <= 128
+        block_m = 128 if big else 64
+        block_n = 64 if d_pad <= 128 else 32
+        stages = 3
+        while stages > 1 and _attention_smem(block_m, block_n, d_pad, stages) > limits.smem_per_block:
+            stages -= 1
+        return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": 8 if big else 4, "num_stages": stages}
+    if fam is Family.ATTN_DECODE:
+        block_n = 64 if d_pad <= 128 else 32
+        return {"BLOCK_N": block_n, "SPLIT_MIN_TOKENS": 128, "num_warps": 4, "num_stages": 2}
+    if fam is Family.SCORES:
+        return {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+    if fam is Family.DECODE_REDUCE:
+        return {"num_warps": 4, "num_stages": 1}
+    return {"BLOCK_T": 64 if d_pad <= 128 else 32, "num_warps": 4, "num_stages": 1}

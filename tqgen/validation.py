@@ -1,0 +1,84 @@
+"""Input checks shared by every public entry point.
+
+Each check raises ``ValueError`` (``TypeError`` for a wrong dtype) whose message
+names the argument and says what was expected, so bad input never reaches a
+kernel as a Triton compile error or a silent wrong answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from tqgen.spec import MAX_HEAD_DIM, MIN_HEAD_DIM, SUPPORTED_BITS
+from tqgen.tuning.arch import interpreting
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_tensor(
+    name: str,
+    t: object,
+    *,
+    ndim: int | Iterable[int] | None = None,
+    dtypes: Iterable[torch.dtype] | None = None,
+) -> torch.Tensor:
+    """``t`` is a tensor of the given rank(s) and dtype(s)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if t.dim() not in allowed:
+            want = " or ".join(str(n) for n in allowed)
+            raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(t.shape)}")
+    if dtypes is not None:
+        dtypes = tuple(dtypes)
+        if t.dtype not in dtypes:
+            want = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+            raise TypeError(f"{name} must have dtype {want}; got {str(t.dtype).replace('torch.', '')}")
+    return t
+
+
+def check_head_dim(name: str, head_dim: int) -> int:
+    if head_dim % 2 or not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"{name}: head_dim must be even and in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {head_dim}")
+    return head_dim
+
+
+def check_bits(name: str, bits: int) -> int:
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"{name}: bits must be one of {SUPPORTED_BITS}, got {bits!r}")
+    return bits
+
+
+def check_same_device(**tensors: torch.Tensor) -> torch.device:
+    """All tensors on one device; on the CPU only when Triton's interpreter is on."""
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    distinct = set(devices.values())
+    if len(distinct) > 1:
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"tensors must be on one device: {listing}")
+    device = next(iter(distinct))
+    if device.type == "cpu" and not interpreting():
+        names = ", ".join(devices)
+        raise ValueError(
+            f"{names} are CPU tensors: tqgen's Triton kernels need a CUDA device, "
+            "or TRITON_INTERPRET=1 set before tqgen is imported to run them on the CPU interpreter"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"tensors must be on a CUDA device (or the CPU interpreter), got {device}")
+    return device
+
+
+def check_shape(name: str, t: torch.Tensor, expected: tuple[int | None, ...], meaning: str) -> None:
+    """``t.shape`` matches ``expected`` (None = any); ``meaning`` spells the dims, e.g. ``[B, H_kv, N, D/2]``."""
+    ok = t.dim() == len(expected) and all(e is None or e == s for e, s in zip(expected, t.shape))
+    if not ok:
+        want = tuple("*" if e is None else e for e in expected)
+        raise ValueError(f"{name} must have shape {meaning} = {want}, got {tuple(t.shape)}")
+
+
+def check_last_dim_contiguous(name: str, t: torch.Tensor) -> torch.Tensor:
+    """Kernels take any strides except along the last dim; copy only if that one is strided."""
+    return t if t.stride(-1) == 1 else t.contiguous()

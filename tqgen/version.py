@@ -1,0 +1,3 @@
+"""Single source of the package version (also stamped into generated/manifest.json)."""
+
+__version__ = "0.1.0"
