@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqgen.codegen.render import render, template_hash
-from tqgen.paths import GENERATED_DIR, MANIFEST_PATH
+from tqgen.paths import GENERATED_DIR, MANIFEST_PATH, TEMPLATES_DIR
 from tqgen.spec import VariantSpec, default_matrix, select
 from tqgen.tuning import configs_for
 from tqgen.tuning.arch import check_arch
@@ -55,7 +55,7 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
-def manifest_text(specs: list[VariantSpec], sources: dict[str, str], arch: str) -> str:
+def manifest_text(specs: list[VariantSpec], sources: dict[str, str], arch: str, templates_dir: Path = TEMPLATES_DIR) -> str:
     """The manifest for ``specs`` (deterministic: no timestamps)."""
     variants = {}
     for spec in specs:
@@ -67,7 +67,7 @@ def manifest_text(specs: list[VariantSpec], sources: dict[str, str], arch: str) 
         }
     manifest = {
         "tqgen_version": __version__,
-        "template_hash": template_hash(),
+        "template_hash": template_hash(templates_dir),
         "arch": arch,
         "variants": variants,
     }
@@ -85,19 +85,25 @@ def committed_arch(out_dir: Path = GENERATED_DIR) -> str | None:
         return None
 
 
-def build(arch: str | None, only: str | None = None, check: bool = False, out_dir: Path = GENERATED_DIR) -> BuildReport:
+def build(
+    arch: str | None,
+    only: str | None = None,
+    check: bool = False,
+    out_dir: Path = GENERATED_DIR,
+    templates_dir: Path = TEMPLATES_DIR,
+) -> BuildReport:
     """Render (or with ``check``, compare) the default matrix; ``only`` filters by id pattern."""
     arch = arch or committed_arch(out_dir) or "sm_90"
     check_arch(arch)
     report = BuildReport(arch=arch)
     all_specs = list(default_matrix())
     chosen = {s.id for s in select(all_specs, only)}
-    sources = {s.id: render(s) for s in all_specs}
+    sources = {s.id: render(s, templates_dir) for s in all_specs if only is None or s.id in chosen}
 
     family_of = {f"{s.id}.py": s.family.value for s in all_specs}
     expected = {f"{sid}.py": text for sid, text in sources.items() if sid in chosen}
     if only is None:
-        expected[MANIFEST_NAME] = manifest_text(all_specs, sources, arch)
+        expected[MANIFEST_NAME] = manifest_text(all_specs, sources, arch, templates_dir)
         family_of[MANIFEST_NAME] = "manifest"
     for name, text in sorted(expected.items()):
         path = out_dir / name
