@@ -82,3 +82,12 @@ def check_shape(name: str, t: torch.Tensor, expected: tuple[int | None, ...], me
 def check_last_dim_contiguous(name: str, t: torch.Tensor) -> torch.Tensor:
     """Kernels take any strides except along the last dim; copy only if that one is strided."""
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def check_norms(name: str, norms: torch.Tensor, leading: tuple[int, ...]) -> torch.Tensor:
+    """fp32 norms of shape ``leading`` = (B, H, N) or (B, H, N, 1); returns the [B, H, N] view."""
+    check_tensor(name, norms, ndim=(len(leading), len(leading) + 1), dtypes=(torch.float32,))
+    if norms.dim() == len(leading) + 1 and norms.shape[-1] == 1:
+        norms = norms.squeeze(-1)
+    check_shape(name, norms, tuple(leading), "[B, H, N] (or [B, H, N, 1])")
+    return norms
