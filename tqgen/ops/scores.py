@@ -1,0 +1,127 @@
+"""``fused_qk_scores``: the legacy Q @ K^T-only kernel of the seed page, for any code width.
+
+Kept for callers of ``turboquant_vllm.triton.fused_qk_scores``.  Materialising the
+scores (rather than fusing the softmax, see ``tqgen``'s attention dispatchers)
+costs accuracy and bandwidth; this one at least launches once for all query
+positions and reads every key tile once per GQA group.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from tqgen.codegen.loader import kernel
+from tqgen.quant.packing import packed_width
+from tqgen.spec import MAX_GROUP, SUPPORTED_BITS, Family, VariantSpec
+from tqgen.tuning import config_for, current_arch
+from tqgen.validation import (
+    FLOAT_DTYPES,
+    check_head_dim,
+    check_last_dim_contiguous,
+    check_norms,
+    check_same_device,
+    check_shape,
+    check_tensor,
+)
+
+_BITS_FOR_LEVELS = {1 << bits: bits for bits in SUPPORTED_BITS}
+
+
+def fused_qk_scores(
+    q_rotated: torch.Tensor,
+    packed_indices: torch.Tensor,
+    norms: torch.Tensor,
+    centroids: torch.Tensor,
+    scale: float,
+    *,
+    n_q_heads: int,
+    n_kv_heads: int,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scores of pre-rotated queries against packed keys, fp32 [B, n_q_heads, N_q, N_kv].
+
+    Args:
+        q_rotated: [B, n_q_heads, N_q, D] fp16/bf16/fp32, already rotated (q @ Pi.T);
+            any strides except along D.
+        packed_indices: uint8 [B, n_kv_heads, N_kv, packed_width(D, bits)].
+        norms: fp32 key norms [B, n_kv_heads, N_kv] or [..., 1].
+        centroids: the codebook, [2**bits] (its length gives ``bits``: 4, 8 or 16 levels).
+        scale: softmax scale (typically 1/sqrt(D)).
+        n_q_heads, n_kv_heads: query head h reads KV head h // (n_q_heads // n_kv_heads).
+        out: optional fp32 output buffer (contiguous last dim); allocated if None.
+
+    score[b, h, i, n] = scale * norm[n] * <q_rotated[b, h, i], c[idx[n]]>, computed in
+    one launch for all query positions.
+    """
+    check_tensor("q_rotated", q_rotated, ndim=4, dtypes=FLOAT_DTYPES)
+    batch, q_heads, n_q, head_dim = q_rotated.shape
+    check_head_dim("q_rotated", head_dim)
+    check_tensor("centroids", centroids, ndim=1, dtypes=FLOAT_DTYPES)
+    bits = _BITS_FOR_LEVELS.get(centroids.numel())
+    if bits is None:
+        raise ValueError(
+            f"centroids must have 2**bits entries for bits in {SUPPORTED_BITS} "
+            f"({sorted(_BITS_FOR_LEVELS)}), got {centroids.numel()}"
+        )
+    _check_heads(q_heads, n_q_heads, n_kv_heads)
+    group = n_q_heads // n_kv_heads
+    check_tensor("packed_indices", packed_indices, ndim=4, dtypes=(torch.uint8,))
+    width = packed_width(head_dim, bits)
+    if packed_indices.shape[-1] != width:
+        raise ValueError(
+            f"packed_indices has {packed_indices.shape[-1]} bytes per key but {bits}-bit codes "
+            f"(centroids has {centroids.numel()} levels) of head_dim {head_dim} take {width}"
+        )
+    n_kv = packed_indices.shape[2]
+    check_shape("packed_indices", packed_indices, (batch, n_kv_heads, n_kv, width), "[B, n_kv_heads, N_kv, packed width]")
+    norms = check_norms("norms", norms, (batch, n_kv_heads, n_kv))
+    if packed_indices.stride(-1) != 1:
+        raise ValueError(f"packed_indices must be contiguous in its last dim, got strides {packed_indices.stride()}")
+    if out is None:
+        out = torch.empty((batch, q_heads, n_q, n_kv), dtype=torch.float32, device=q_rotated.device)
+    else:
+        check_tensor("out", out, ndim=4, dtypes=(torch.float32,))
+        check_shape("out", out, (batch, q_heads, n_q, n_kv), "[B, n_q_heads, N_q, N_kv]")
+        if out.stride(-1) != 1:
+            raise ValueError(f"out must be contiguous in its last dim, got strides {out.stride()}")
+    device = check_same_device(
+        q_rotated=q_rotated, packed_indices=packed_indices, norms=norms, centroids=centroids, out=out
+    )
+    if out.numel() == 0:
+        return out
+
+    q_rotated = check_last_dim_contiguous("q_rotated", q_rotated)
+    centroids = centroids.to(torch.float32).contiguous()
+    spec = VariantSpec(Family.SCORES, head_dim, bits, group=group)
+    config = config_for(spec, current_arch(device))
+    block_m, block_n = config["BLOCK_M"], config["BLOCK_N"]
+    # Rows are (query position, head of the group) pairs: N_q * group of them per KV head.
+    grid = (triton.cdiv(n_q * group, block_m), triton.cdiv(n_kv, block_n), batch * n_kv_heads)
+    kernel(spec)[grid](
+        q_rotated, q_rotated.stride(0), q_rotated.stride(1), q_rotated.stride(2),
+        packed_indices, packed_indices.stride(0), packed_indices.stride(1), packed_indices.stride(2),
+        norms, norms.stride(0), norms.stride(1), norms.stride(2),
+        centroids,
+        out, out.stride(0), out.stride(1), out.stride(2),
+        n_q, n_kv, n_kv_heads, float(scale),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        num_warps=config["num_warps"],
+        num_stages=config["num_stages"],
+    )
+    return out
+
+
+def _check_heads(q_heads: int, n_q_heads: int, n_kv_heads: int) -> None:
+    for name, value in (("n_q_heads", n_q_heads), ("n_kv_heads", n_kv_heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if q_heads != n_q_heads:
+        raise ValueError(f"q_rotated has {q_heads} heads (dim 1) but n_q_heads={n_q_heads}")
+    if n_q_heads % n_kv_heads:
+        raise ValueError(f"n_q_heads={n_q_heads} must be a multiple of n_kv_heads={n_kv_heads}")
+    if n_q_heads // n_kv_heads > MAX_GROUP:
+        raise ValueError(
+            f"GQA group n_q_heads // n_kv_heads = {n_q_heads // n_kv_heads} exceeds the supported {MAX_GROUP}"
+        )
