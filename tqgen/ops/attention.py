@@ -1,0 +1,222 @@
+"""Launchers for the generated attention kernels: prefill, split-K decode and its reduce.
+
+Thin on purpose: they take inputs already checked by :mod:`tqgen.attention`, pass
+strides (any layout with a unit last-dim stride is read in place), pick the grid and,
+for decode, the number of splits.  The split count is a runtime integer, so one
+compiled kernel serves every KV length; nothing here benchmarks, syncs with the
+device or allocates besides a cached decode workspace (CUDA-graph capturable).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+import triton
+
+from tqgen.codegen.context import next_pow2
+from tqgen.codegen.loader import kernel
+from tqgen.compressed import CompressedTensor
+from tqgen.spec import Family, VariantSpec
+from tqgen.tuning.arch import ARCH_LIMITS
+
+KV = Union[torch.Tensor, CompressedTensor]
+
+LOG2E = 1.4426950408889634
+WAVES = 2  # decode splits until batch x kv_heads x splits covers this many waves of SMs
+REDUCE_ROWS = 16  # rows per decode_reduce program (tl.dot needs >= 16)
+
+
+# ------------------------------------------------------------------ operands
+_CONVERTED: dict[tuple[int, torch.dtype], tuple[weakref.ref, int, torch.Tensor]] = {}
+
+
+def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``, contiguous; conversions are cached per tensor (and its version).
+
+    Codebooks and rotations are tiny and reused every call; converting them once keeps
+    the hot path free of allocations, so a captured CUDA graph stays valid.
+    """
+    if t.dtype == dtype and t.is_contiguous():
+        return t
+    key = (id(t), dtype)
+    hit = _CONVERTED.get(key)
+    if hit is not None and hit[0]() is t and hit[1] == t._version:
+        return hit[2]
+    if len(_CONVERTED) > 256:  # forget tensors that are gone
+        for stale in [k for k, (ref, _, _) in _CONVERTED.items() if ref() is None]:
+            del _CONVERTED[stale]
+    converted = t.detach().to(dtype).contiguous()
+    _CONVERTED[key] = (weakref.ref(t), t._version, converted)
+    return converted
+
+
+def operand_args(x: KV, dtype: torch.dtype) -> list[Any]:
+    """Kernel arguments of K or V: a plain tensor and its strides, or codes, norms and codebook."""
+    if isinstance(x, CompressedTensor):
+        norms = x.norms.squeeze(-1) if x.norms.dim() == 4 else x.norms
+        return [x.packed, *x.packed.stride()[:3], norms, *norms.stride(), as_dtype(x.centroids, dtype)]
+    return [x, *x.stride()]
+
+
+def rotation_of(k: KV, v: KV) -> torch.Tensor | None:
+    """The fp32 rotation Pi of the compressed operand(s) (K and V share it)."""
+    for x in (k, v):
+        if isinstance(x, CompressedTensor):
+            return as_dtype(x.rotation, torch.float32)
+    return None
+
+
+def mask_args(mask: torch.Tensor | None, q: torch.Tensor) -> tuple[list[Any], bool, bool]:
+    """(pointer and 4 strides, HAS_MASK, MASK_IS_BOOL) of a mask expanded to [B, H_q, N_q, N_kv]."""
+    if mask is None:
+        return [q, 0, 0, 0, 0], False, False
+    if mask.dtype == torch.bool:
+        mask = mask.view(torch.uint8)
+    return [mask, *mask.stride()], True, mask.dtype == torch.uint8
+
+
+# ------------------------------------------------------------------- prefill
+def prefill(
+    spec: VariantSpec,
+    config: dict[str, int],
+    q: torch.Tensor,
+    k: KV,
+    v: KV,
+    out: torch.Tensor,
+    sm_scale: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Prefill schedule: grid (row blocks of N_q * group rows, B * H_kv)."""
+    assert spec.family is Family.ATTN_PREFILL
+    batch, _, n_q, _ = q.shape
+    kv_heads, n_kv = k.shape[1], k.shape[2]
+    block_m = config["BLOCK_M"]
+    margs, has_mask, is_bool = mask_args(mask, q)
+    pi = [rotation_of(k, v)] if spec.rotate else []
+    grid = (triton.cdiv(n_q * spec.group, block_m), batch * kv_heads)
+    kernel(spec)[grid](
+        q, *q.stride(),
+        *operand_args(k, q.dtype),
+        *operand_args(v, q.dtype),
+        *pi,
+        out, *out.stride(),
+        *margs,
+        sm_scale * LOG2E,
+        n_q, n_kv, kv_heads,
+        HAS_MASK=has_mask, MASK_IS_BOOL=is_bool,
+        BLOCK_M=block_m, BLOCK_N=config["BLOCK_N"],
+        num_warps=config["num_warps"], num_stages=config["num_stages"],
+    )  # fmt: skip
+    return out
+
+
+# -------------------------------------------------------------------- decode
+@functools.lru_cache(maxsize=None)
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of ``device`` (the interpreter pretends to have a few)."""
+    if device.type != "cuda":
+        return ARCH_LIMITS["cpu"].sm_count
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def max_splits(batch_heads: int, sms: int) -> int:
+    """The most splits the policy ever picks for ``batch_heads`` programs per split."""
+    return max(1, math.ceil(WAVES * sms / batch_heads))
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    num_splits: int
+    kv_per_split: int  # a multiple of BLOCK_N
+    capacity: int  # workspace slots per row (>= num_splits, independent of N_kv)
+
+
+def split_plan(batch_heads: int, n_kv: int, block_n: int, min_tokens: int, sms: int) -> SplitPlan:
+    """Split the KV sequence only until batch x kv_heads x splits fills ~WAVES waves of SMs,
+    and never into pieces shorter than ``min_tokens`` keys (rounded up to BLOCK_N)."""
+    capacity = max_splits(batch_heads, sms)
+    min_chunk = triton.cdiv(max(min_tokens, 1), block_n) * block_n
+    splits = max(1, min(capacity, n_kv // min_chunk))
+    per_split = triton.cdiv(triton.cdiv(max(n_kv, 1), splits), block_n) * block_n
+    return SplitPlan(triton.cdiv(max(n_kv, 1), per_split), per_split, capacity)
+
+
+_WORKSPACE: dict[tuple[torch.device, int, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def workspace(device: torch.device, rows: int, head_dim: int, capacity: int) -> tuple[torch.Tensor, ...]:
+    """fp32 partials (acc [rows, capacity, D], m and l [rows, capacity]), cached per shape.
+
+    Kept for the life of the process so a CUDA graph that captured a decode step keeps
+    pointing at live memory.
+    """
+    key = (device, rows, head_dim, capacity)
+    if key not in _WORKSPACE:
+        _WORKSPACE[key] = (
+            torch.empty(rows * capacity * head_dim, device=device, dtype=torch.float32),
+            torch.empty(rows * capacity, device=device, dtype=torch.float32),
+            torch.empty(rows * capacity, device=device, dtype=torch.float32),
+        )
+    return _WORKSPACE[key]
+
+
+def decode_block_m(n_q: int, group: int) -> int:
+    """All N_q * group query rows of a KV head in one tile (>= 16 for tl.dot)."""
+    return next_pow2(max(16, n_q * group))
+
+
+def decode(
+    spec: VariantSpec,
+    config: dict[str, int],
+    reduce_config: dict[str, int],
+    q: torch.Tensor,
+    k: KV,
+    v: KV,
+    out: torch.Tensor,
+    sm_scale: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Split-K decode: grid (splits, B * H_kv) writes partials, then decode_reduce merges them."""
+    assert spec.family is Family.ATTN_DECODE
+    batch, q_heads, n_q, head_dim = q.shape
+    kv_heads, n_kv = k.shape[1], k.shape[2]
+    block_n = config["BLOCK_N"]
+    plan = split_plan(batch * kv_heads, n_kv, block_n, config["SPLIT_MIN_TOKENS"], sm_count(q.device))
+    rows = batch * q_heads * n_q
+    part_acc, part_m, part_l = workspace(q.device, rows, head_dim, plan.capacity)
+    margs, has_mask, is_bool = mask_args(mask, q)
+    pi = rotation_of(k, v)
+    kernel(spec)[(plan.num_splits, batch * kv_heads)](
+        q, *q.stride(),
+        *operand_args(k, q.dtype),
+        *operand_args(v, q.dtype),
+        *([pi] if spec.rotate and spec.k_bits is not None else []),
+        part_acc, part_m, part_l, plan.capacity,
+        plan.kv_per_split,
+        *margs,
+        sm_scale * LOG2E,
+        n_q, n_kv, kv_heads,
+        HAS_MASK=has_mask, MASK_IS_BOOL=is_bool,
+        BLOCK_M=decode_block_m(n_q, spec.group), BLOCK_N=block_n,
+        num_warps=config["num_warps"], num_stages=config["num_stages"],
+    )  # fmt: skip
+    reduce = reduce_spec(spec)
+    kernel(reduce)[(triton.cdiv(rows, REDUCE_ROWS),)](
+        part_acc, part_m, part_l, plan.capacity, plan.num_splits,
+        out, *out.stride(),
+        *([pi] if reduce.rotate else []),
+        rows, q_heads, n_q,
+        BLOCK_R=REDUCE_ROWS,
+        num_warps=reduce_config["num_warps"], num_stages=reduce_config["num_stages"],
+    )  # fmt: skip
+    return out
+
+
+def reduce_spec(spec: VariantSpec) -> VariantSpec:
+    """The decode_reduce variant for a decode variant: it rotates back only compressed V."""
+    return VariantSpec(Family.DECODE_REDUCE, spec.head_dim, rotate=spec.rotate and spec.v_bits is not None)
