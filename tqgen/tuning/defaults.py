@@ -16,11 +16,16 @@ works on a machine without a GPU.  Rules (README "Tuning" repeats them):
 
 from __future__ import annotations
 
-from tqgen.codegen.context import next_pow2
 from tqgen.spec import Family, VariantSpec
 from tqgen.tuning.arch import ArchLimits
 
 Config = dict[str, int]
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n.  (Not imported from tqgen.codegen: that package imports
+    tqgen.tuning, and ``import tqgen.tuning`` must work on its own.)"""
+    return 1 << max(0, (n - 1).bit_length())
 
 
 def _attention_smem(block_m: int, block_n: int, d_pad: int, stages: int) -> int:
