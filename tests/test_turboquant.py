@@ -19,7 +19,9 @@ def _assert_codes(packed: torch.Tensor, x: torch.Tensor, bits: int) -> None:
     ref_packed, _ = reference.compress(x.float().cpu(), bits)
     x64 = x.cpu().double()
     y = (x64 / torch.linalg.vector_norm(x64, dim=-1, keepdim=True).clamp_min(1e-300)) @ rotation_matrix(head_dim).double().T
-    near_tie = (y.unsqueeze(-1) - lloyd_max_codebook(head_dim, bits).boundaries.double()).abs().amin(-1) < NEAR_TIE
+    boundaries = lloyd_max_codebook(head_dim, bits).boundaries.double()
+    above = torch.searchsorted(boundaries, y.contiguous()).clamp(1, boundaries.numel() - 1)
+    near_tie = torch.minimum((y - boundaries[above - 1]).abs(), (y - boundaries[above]).abs()) < NEAR_TIE
     differ = unpack(packed.cpu(), bits, head_dim) != unpack(ref_packed, bits, head_dim)
     assert not (differ & ~near_tie).any()
 

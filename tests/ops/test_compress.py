@@ -29,6 +29,12 @@ def _compress(x: torch.Tensor, bits: int, packed=None, norms=None, start: int = 
     return packed, norms
 
 
+def _distance_to_boundary(y: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+    """|y - nearest boundary|, elementwise (boundaries ascending)."""
+    above = torch.searchsorted(boundaries, y.contiguous()).clamp(1, boundaries.numel() - 1)
+    return torch.minimum((y - boundaries[above - 1]).abs(), (y - boundaries[above]).abs())
+
+
 def assert_codes_match(packed: torch.Tensor, norms: torch.Tensor, x: torch.Tensor, bits: int) -> None:
     """Codes equal the reference's except where the float64 rotated coordinate is a near-tie;
     padding bits are zero; norms within 1e-6 relative."""
@@ -39,8 +45,7 @@ def assert_codes_match(packed: torch.Tensor, norms: torch.Tensor, x: torch.Tenso
     x64 = x.cpu().double()
     y = x64 / torch.linalg.vector_norm(x64, dim=-1, keepdim=True).clamp_min(1e-300)
     y = y @ rotation_matrix(head_dim).double().T
-    boundaries = lloyd_max_codebook(head_dim, bits).boundaries.double()
-    near_tie = (y.unsqueeze(-1) - boundaries).abs().amin(-1) < NEAR_TIE
+    near_tie = _distance_to_boundary(y, lloyd_max_codebook(head_dim, bits).boundaries.double()) < NEAR_TIE
     wrong = (codes != ref_codes) & ~near_tie
     assert not wrong.any(), f"{int(wrong.sum())} codes differ from the reference, first at {wrong.nonzero()[:5].tolist()}"
     assert torch.equal(pack(codes, bits), packed.cpu()), "padding bits of the packed codes are not zero"
