@@ -32,7 +32,8 @@ NOTES = (
     "Random weights with Llama-3-8B's shapes, fp16. Caches filled directly with random K/V "
     "(one update per layer) instead of a 32K prefill; decode is greedy, timed over whole "
     "forward steps (host clock after a device sync). kv_cache_gib: cache-owned bytes; "
-    "peak_gib: peak allocated during fill + decode, weights included."
+    "peak_gib: peak allocated during fill + decode, weights included. logits_cos_vs_sdpa: "
+    "cosine of the first decode step's logits against the fp16 cache (same K/V, same token)."
 )
 
 
@@ -91,24 +92,28 @@ def _fill(cache, shape: ModelShape, batch: int, context: int, device, dtype) -> 
     """``context`` random tokens of K/V in every layer, one ``update`` per layer."""
     gen = torch.Generator(device=device).manual_seed(0)
     for layer in range(shape.layers):
-        k = torch.randn((batch, shape.kv_heads, context, shape.head_dim), device=device, dtype=dtype, generator=gen)
-        v = torch.randn_like(k)
+        size = (batch, shape.kv_heads, context, shape.head_dim)
+        k = torch.randn(size, device=device, dtype=dtype, generator=gen)
+        v = torch.randn(size, device=device, dtype=dtype, generator=gen)
         cache.update(k, v, layer)
         del k, v
 
 
 def _decode(model, cache, batch: int, steps: int, vocab: int, device) -> tuple[float, torch.Tensor]:
-    """Greedy decode ``steps`` tokens; returns (seconds, last logits)."""
-    tokens = torch.randint(0, vocab, (batch, 1), device=device)
+    """Greedy decode ``steps`` tokens from fixed first tokens; returns (seconds, first step's logits)."""
+    gen = torch.Generator(device=device).manual_seed(1)
+    tokens = torch.randint(0, vocab, (batch, 1), device=device, generator=gen)
     sync()
     start = time.perf_counter()
-    logits = None
+    first = None
     with torch.inference_mode():
         for _ in range(steps):
             logits = model(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
             tokens = logits[:, -1:].argmax(-1)
+            if first is None:
+                first = logits[:, -1]
     sync()
-    return time.perf_counter() - start, logits
+    return time.perf_counter() - start, first
 
 
 def _kv_bytes(cache) -> int:
@@ -122,7 +127,8 @@ def _kv_bytes(cache) -> int:
     return total
 
 
-def _run_one(ctx: BenchContext, model, shape: ModelShape, case: E2ECase, impl: str) -> dict[str, Any]:
+def _run_one(ctx: BenchContext, model, shape: ModelShape, case: E2ECase, impl: str,
+             reference_logits: torch.Tensor | None = None) -> dict[str, Any]:
     import tqgen.hf
     from transformers import DynamicCache
 
@@ -146,11 +152,15 @@ def _run_one(ctx: BenchContext, model, shape: ModelShape, case: E2ECase, impl: s
             row["kv_cache_gib"] = _kv_bytes(cache) / GIB
             if ctx.on_gpu:
                 row["kv_allocated_gib"] = (torch.cuda.memory_allocated(dev) - before) / GIB
-            _decode(model, cache, case.batch, case.warmup, shape.vocab, dev)
-            seconds, logits = _decode(model, cache, case.batch, case.steps, shape.vocab, dev)
+            _, first = _decode(model, cache, case.batch, case.warmup, shape.vocab, dev)
+            row["first_logits"] = first.float()  # popped by run(); compares the two caches
+            if reference_logits is not None:
+                cos = torch.nn.functional.cosine_similarity(first.float(), reference_logits, dim=-1)
+                row["logits_cos_vs_sdpa"] = float(cos.min())
+            seconds, _ = _decode(model, cache, case.batch, case.steps, shape.vocab, dev)
             row.update(s=seconds, ms_per_step=1e3 * seconds / case.steps,
                        tokens_per_s=case.batch * case.steps / seconds,
-                       finite_logits=bool(torch.isfinite(logits).all()))
+                       finite_logits=bool(torch.isfinite(first).all()))
             if ctx.on_gpu:
                 row["peak_gib"] = torch.cuda.max_memory_allocated(dev) / GIB
         finally:
@@ -184,8 +194,11 @@ def run(ctx: BenchContext, selected: list[E2ECase] | None = None, shape: ModelSh
                 pair.append({"suite": "e2e", "case": case.name, "impl": impl, "error": "skipped: suite time budget spent"})
                 continue
             ctx.log(f"e2e {case.name} {impl}")
-            pair.append(_run_one(ctx, model, shape, case, impl))
+            reference = pair[0].get("first_logits") if pair else None
+            pair.append(_run_one(ctx, model, shape, case, impl, reference))
         pair[1]["vs_sdpa"] = _speedup(pair[0], pair[1])
+        for row in pair:
+            row.pop("first_logits", None)
         rows += pair
     del model
     gc.collect()
