@@ -1,0 +1,305 @@
+"""Attention dispatchers: tqgen's public attention API.
+
+``attention`` is the general entry: K and V each plain (fp16/bf16/fp32) or a
+:class:`~tqgen.compressed.CompressedTensor` of any width (K4/V3 is fine).  It checks
+the inputs, picks the schedule (split-K decode for N_q <= 16, else prefill), the
+generated variant (rendered on demand outside the committed matrix) and the launch
+config (tune cache or arch default), and launches.  It never benchmarks.
+
+``triton_flash_attention``, ``triton_flash_attention_tq4`` and
+``triton_flash_attention_tq4_kv`` keep the names and signatures of
+``turboquant_vllm.triton`` so its users can switch by changing an import.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal, Union
+
+import torch
+
+from tqgen.compressed import CompressedTensor
+from tqgen.ops import attention as ops
+from tqgen.quant.packing import packed_width
+from tqgen.spec import MAX_GROUP, SUPPORTED_BITS, Family, VariantSpec
+from tqgen.tuning import config_for, current_arch, shape_bucket
+from tqgen.validation import (
+    FLOAT_DTYPES,
+    check_bits,
+    check_head_dim,
+    check_last_dim_contiguous,
+    check_norms,
+    check_same_device,
+    check_shape,
+    check_tensor,
+)
+
+KV = Union[torch.Tensor, CompressedTensor]
+Schedule = Literal["auto", "prefill", "decode"]
+
+DECODE_MAX_Q = 16  # N_q up to this uses the split-K decode schedule
+
+__all__ = [
+    "attention",
+    "triton_flash_attention",
+    "triton_flash_attention_tq4",
+    "triton_flash_attention_tq4_kv",
+]
+
+
+# ------------------------------------------------------------------- checks
+def _check_kv(name: str, x: object, q: torch.Tensor) -> KV:
+    """K or V: [B, H_kv, N_kv, D] in q's dtype, or a consistent CompressedTensor."""
+    batch, _, _, head_dim = q.shape
+    if isinstance(x, CompressedTensor):
+        check_bits(f"{name}.bits", x.bits)
+        if x.head_dim != head_dim:
+            raise ValueError(f"{name}.head_dim is {x.head_dim} but q has head_dim {head_dim}")
+        packed = check_tensor(f"{name}.packed", x.packed, ndim=4, dtypes=(torch.uint8,))
+        width = packed_width(head_dim, x.bits)
+        if packed.shape[-1] != width:
+            raise ValueError(
+                f"{name}.packed has {packed.shape[-1]} bytes per vector, but {x.bits}-bit codes of "
+                f"head_dim {head_dim} take {width}: bits and packed width disagree"
+            )
+        check_shape(f"{name}.packed", packed, (batch, None, None, width), "[B, H_kv, N_kv, packed_width]")
+        norms = check_norms(f"{name}.norms", x.norms, tuple(packed.shape[:3]))
+        centroids = check_tensor(f"{name}.centroids", x.centroids, dtypes=FLOAT_DTYPES)
+        if centroids.numel() != 1 << x.bits:
+            raise ValueError(f"{name}.centroids must have {1 << x.bits} entries for {x.bits}-bit codes, got {centroids.numel()}")
+        rotation = check_tensor(f"{name}.rotation", x.rotation, ndim=2, dtypes=FLOAT_DTYPES)
+        check_shape(f"{name}.rotation", rotation, (head_dim, head_dim), "[D, D]")
+        packed = check_last_dim_contiguous(f"{name}.packed", packed)
+        if packed is x.packed and norms is x.norms:
+            return x
+        return CompressedTensor(packed, norms, x.bits, head_dim, centroids, rotation)
+    t = check_tensor(name, x, ndim=4)
+    if t.dtype != q.dtype:
+        raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
+    check_shape(name, t, (batch, None, None, head_dim), "[B, H_kv, N_kv, D]")
+    return check_last_dim_contiguous(name, t)
+
+
+def _check_shared_rotation(k: KV, v: KV) -> None:
+    """Compressed K and V must share Pi: the output is rotated back once for both."""
+    if not (isinstance(k, CompressedTensor) and isinstance(v, CompressedTensor)):
+        return
+    a, b = k.rotation, v.rotation
+    if a is b or (a.data_ptr() == b.data_ptr() and a.stride() == b.stride() and a.dtype == b.dtype):
+        return
+    if a.device != b.device or not torch.equal(a.to(torch.float32), b.to(torch.float32)):  # host sync, rare path
+        raise ValueError("k.rotation and v.rotation differ: compressed K and V must share one rotation")
+
+
+def _check_mask(mask: object, q: torch.Tensor, n_kv: int) -> torch.Tensor | None:
+    """A bool (True = attend) or additive float mask, as a view broadcast to [B, H_q, N_q, N_kv]."""
+    if mask is None:
+        return None
+    mask = check_tensor("attention_mask", mask, ndim=(1, 2, 3, 4), dtypes=(torch.bool, *FLOAT_DTYPES))
+    target = (*q.shape[:3], n_kv)
+    try:
+        ok = torch.broadcast_shapes(tuple(mask.shape), target) == target
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"attention_mask of shape {tuple(mask.shape)} does not broadcast to [B, H_q, N_q, N_kv] = {target}"
+        )
+    return mask[(None,) * (4 - mask.dim())].expand(target)
+
+
+def _check_out(out: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    check_tensor("out", out, ndim=4)
+    if out.dtype != q.dtype:
+        raise TypeError(f"out must have q's dtype {q.dtype}, got {out.dtype}")
+    check_shape("out", out, tuple(q.shape), "[B, H_q, N_q, D]")
+    if out.stride(-1) != 1:
+        raise ValueError(f"out must have a unit stride along its last dim, got strides {out.stride()}")
+    return out
+
+
+# ----------------------------------------------------------------- lookups
+@functools.lru_cache(maxsize=None)
+def _device_info(device: torch.device) -> tuple[str, str | None]:
+    """(arch, GPU name) of a device; the GPU name picks its own tune-cache entry when present."""
+    arch = current_arch(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return arch, name
+
+
+@functools.lru_cache(maxsize=4096)
+def _config(spec: VariantSpec, device: torch.device, bucket: str) -> dict[str, int]:
+    arch, gpu = _device_info(device)
+    return config_for(spec, arch, bucket, gpu)
+
+
+# --------------------------------------------------------------- dispatcher
+def attention(
+    q: torch.Tensor,
+    k: KV,
+    v: KV,
+    sm_scale: float | None = None,
+    is_causal: bool = False,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
+    schedule: Schedule = "auto",
+) -> torch.Tensor:
+    """Softmax attention over plain or TurboQuant-compressed K/V.
+
+    Args:
+        q: ``[B, H_q, N_q, D]`` fp16/bf16/fp32 (any strides with a unit last-dim stride).
+        k, v: ``[B, H_kv, N_kv, D]`` in q's dtype, or CompressedTensor (2/3/4 bits each;
+            when both are compressed they must share the rotation).  ``H_q`` must be a
+            multiple of ``H_kv`` (GQA groups up to 16).
+        sm_scale: softmax scale, default ``1/sqrt(D)``.
+        is_causal: bottom-right aligned causal mask (query i sees keys j <= i + N_kv - N_q),
+            so chunked prefill onto a cache is right; rows that see no key output 0.
+        attention_mask: bool (True = attend) or additive float mask broadcastable to
+            ``[B, H_q, N_q, N_kv]``; combined with ``is_causal`` when both are given.
+        out: optional ``[B, H_q, N_q, D]`` output buffer in q's dtype.  With it the
+            decode path allocates nothing but a cached workspace and never syncs, so it
+            can be captured in a CUDA graph.
+        schedule: ``"auto"`` (decode for N_q <= 16, else prefill) or force one.
+
+    Returns:
+        ``[B, H_q, N_q, D]`` in q's dtype (``out`` when given).
+    """
+    q = check_tensor("q", q, ndim=4, dtypes=FLOAT_DTYPES)
+    batch, q_heads, n_q, head_dim = q.shape
+    check_head_dim("q", head_dim)
+    q = check_last_dim_contiguous("q", q)
+    k = _check_kv("k", k, q)
+    v = _check_kv("v", v, q)
+    kv_heads, n_kv = k.shape[1], k.shape[2]
+    if tuple(v.shape[:3]) != tuple(k.shape[:3]):
+        raise ValueError(f"v must match k's [B, H_kv, N_kv] = {tuple(k.shape[:3])}, got {tuple(v.shape[:3])}")
+    if kv_heads < 1 or q_heads % kv_heads:
+        raise ValueError(f"q heads ({q_heads}) must be a multiple of k/v heads ({kv_heads})")
+    group = q_heads // kv_heads
+    if group > MAX_GROUP:
+        raise ValueError(f"q heads / k heads = {group}: GQA groups of at most {MAX_GROUP} are supported")
+    _check_shared_rotation(k, v)
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
+    scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"sm_scale must be finite, got {sm_scale}")
+    mask = _check_mask(attention_mask, q, n_kv)
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    else:
+        out = _check_out(out, q)
+    check_same_device(
+        q=q,
+        k=k.packed if isinstance(k, CompressedTensor) else k,
+        v=v.packed if isinstance(v, CompressedTensor) else v,
+        attention_mask=mask,
+        out=out,
+        **_codec_tensors(k, "k"),
+        **_codec_tensors(v, "v"),
+    )
+    if schedule not in ("auto", "prefill", "decode"):
+        raise ValueError(f"schedule must be 'auto', 'prefill' or 'decode', got {schedule!r}")
+    decode = n_q <= DECODE_MAX_Q if schedule == "auto" else schedule == "decode"
+    if decode and n_q > DECODE_MAX_Q:
+        raise ValueError(f"the decode schedule takes at most {DECODE_MAX_Q} query positions, got N_q = {n_q}")
+
+    if out.numel() == 0:
+        return out
+    if n_kv == 0:  # no key to attend to: every row is empty
+        return out.zero_()
+
+    k_bits = k.bits if isinstance(k, CompressedTensor) else None
+    v_bits = v.bits if isinstance(v, CompressedTensor) else None
+    family = Family.ATTN_DECODE if decode else Family.ATTN_PREFILL
+    rotate = k_bits is not None or v_bits is not None
+    spec = VariantSpec(family, head_dim, k_bits, v_bits, group, is_causal, rotate)
+    config = _config(spec, q.device, shape_bucket(spec, n_q, n_kv, batch * kv_heads))
+    if not decode:
+        return ops.prefill(spec, config, q, k, v, out, scale, mask)
+    reduce_config = _config(ops.reduce_spec(spec), q.device, "any")
+    return ops.decode(spec, config, reduce_config, q, k, v, out, scale, mask)
+
+
+def _codec_tensors(x: KV, name: str) -> dict[str, torch.Tensor]:
+    if not isinstance(x, CompressedTensor):
+        return {}
+    return {f"{name}.norms": x.norms, f"{name}.centroids": x.centroids, f"{name}.rotation": x.rotation}
+
+
+# ---------------------------------------------------- seed-compatible names
+def _bits_from_centroids(centroids: torch.Tensor) -> int:
+    check_tensor("centroids", centroids, dtypes=FLOAT_DTYPES)
+    by_levels = {1 << b: b for b in SUPPORTED_BITS}
+    if centroids.numel() not in by_levels:
+        raise ValueError(
+            f"centroids must hold 4, 8 or 16 values (2, 3 or 4-bit codes), got {centroids.numel()}"
+        )
+    return by_levels[centroids.numel()]
+
+
+def _compressed(name: str, packed: torch.Tensor, norms: torch.Tensor, centroids: torch.Tensor,
+                rotation: torch.Tensor, head_dim: int) -> CompressedTensor:
+    """A CompressedTensor from seed-style arguments; the width comes from the codebook size."""
+    bits = _bits_from_centroids(centroids)
+    check_tensor(f"{name}_packed", packed, ndim=4, dtypes=(torch.uint8,))
+    width = packed_width(head_dim, bits)
+    if packed.shape[-1] != width:
+        raise ValueError(
+            f"{name}_packed has {packed.shape[-1]} bytes per vector, but {centroids.numel()} centroids mean "
+            f"{bits}-bit codes, which take {width} bytes for head_dim {head_dim}"
+        )
+    norms = check_norms(f"{name}_norms", norms, tuple(packed.shape[:3]))
+    return CompressedTensor(packed, norms, bits, head_dim, centroids, rotation)
+
+
+def _head_dim(q: torch.Tensor) -> int:
+    return check_tensor("q", q, ndim=4, dtypes=FLOAT_DTYPES).shape[-1]
+
+
+def triton_flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sm_scale: float | None = None,
+    is_causal: bool = False,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """FlashAttention over fp16/bf16/fp32 q ``[B, H_q, N_q, D]``, k/v ``[B, H_kv, N_kv, D]``."""
+    return attention(q, k, v, sm_scale, is_causal, attention_mask)
+
+
+def triton_flash_attention_tq4(
+    q: torch.Tensor,
+    k_packed: torch.Tensor,
+    k_norms: torch.Tensor,
+    centroids: torch.Tensor,
+    rotation: torch.Tensor,
+    v: torch.Tensor,
+    sm_scale: float | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """Attention with compressed K (``k_packed`` uint8, ``k_norms`` fp32 ``[B, H_kv, N]`` or
+    ``[..., 1]``) and plain V; the bit width follows from ``centroids.numel()``."""
+    k = _compressed("k", k_packed, k_norms, centroids, rotation, _head_dim(q))
+    return attention(q, k, v, sm_scale, is_causal)
+
+
+def triton_flash_attention_tq4_kv(
+    q: torch.Tensor,
+    k_packed: torch.Tensor,
+    k_norms: torch.Tensor,
+    v_packed: torch.Tensor,
+    v_norms: torch.Tensor,
+    centroids: torch.Tensor,
+    rotation: torch.Tensor,
+    sm_scale: float | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """Attention with compressed K and V sharing one codebook and rotation."""
+    head_dim = _head_dim(q)
+    k = _compressed("k", k_packed, k_norms, centroids, rotation, head_dim)
+    v = _compressed("v", v_packed, v_norms, centroids, rotation, head_dim)
+    return attention(q, k, v, sm_scale, is_causal)
