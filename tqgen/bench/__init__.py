@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import torch
 
-from tqgen.bench import report
 from tqgen.bench.common import BenchContext, Deadline, copy_bandwidth, default_timer, environment
 from tqgen.tuning.arch import interpreting
 
@@ -58,6 +57,7 @@ def load_compare(name: str | None) -> tuple[Any, str | None]:
 def run_suites(ctx: BenchContext, names: list[str], results: dict[str, Any], budgets: dict[str, float],
                save: Callable[[dict[str, Any]], None] = lambda r: None) -> dict[str, Any]:
     """Run ``names`` in order into ``results["suites"]``, saving after each."""
+    from tqgen.bench import report  # not at import: `python -m tqgen.bench.report` runs it as __main__
     for name in names:
         ctx.deadline = Deadline(budgets[name])
         start = time.monotonic()
@@ -87,6 +87,8 @@ def run_bench(args: argparse.Namespace) -> int:
               "far too large for the CPU interpreter. The CPU smoke test is tests/bench/test_bench_cpu.py.",
               file=sys.stderr)
         return 2
+    from tqgen.bench import report
+
     quick = bool(getattr(args, "quick", False))
     device = torch.device("cuda", torch.cuda.current_device())
     timer = default_timer(device, quick=quick)

@@ -18,6 +18,7 @@ import math
 import platform
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -279,7 +280,8 @@ def time_sdpa(
                 return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
             try:
-                with sdpa_kernel([backend]):
+                with sdpa_kernel([backend]), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # "kernel not used because ..."
                     out = fn()
                     sync()
                     ms = timer(fn)

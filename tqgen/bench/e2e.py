@@ -84,7 +84,10 @@ def build_model(shape: ModelShape, device: torch.device, dtype: torch.dtype = to
         rope_theta=500000.0,
     )
     with torch.device(device):
-        model = LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
+        try:
+            model = LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
+        except TypeError:  # transformers releases that only know `torch_dtype`
+            model = LlamaForCausalLM._from_config(config, torch_dtype=dtype, attn_implementation="sdpa")
     return model.eval()
 
 

@@ -232,7 +232,7 @@ _TILE_KEYS = {
 }
 _QUICK_TILES = {
     Family.ATTN_DECODE: [(64, 4, 3), (128, 4, 2), (128, 8, 3), (32, 4, 3), (64, 8, 4)],
-    Family.ATTN_PREFILL: [(128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 4, 2), (128, 64, 8, 2)],
+    Family.ATTN_PREFILL: [(128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 4, 2)],
     Family.COMPRESS: [(32, 4, 1), (128, 4, 1), (128, 8, 1), (32, 2, 1)],
 }
 _FULL_AXES = {
@@ -523,10 +523,11 @@ def run_tune(args: argparse.Namespace) -> int:
           f"{'quick' if quick else 'full'} search, budget {budget:.0f} s -> {TUNE_CACHE_DIR / (arch + '.json')}")
     summaries = tune(ctx, problems)
     if summaries:
-        rows = [(s["key"], f"{s['default_ms']:.4f}", f"{s['ms']:.4f}", f"{s['speedup']:.2f}x", s["candidates"], s["config"])
-                for s in summaries]
+        rows = [(*s["key"].split("|"), f"{s['default_ms']:.4f}", f"{s['ms']:.4f}", f"{s['speedup']:.2f}x",
+                 s["candidates"], s["config"]) for s in summaries]
         print()
-        print(tabulate(rows, headers=["entry", "default ms", "tuned ms", "gain", "tried", "config"], tablefmt="github"))
+        print(tabulate(rows, headers=["variant", "bucket", "default ms", "tuned ms", "gain", "tried", "config"],
+                       tablefmt="github", disable_numparse=True))
     print(f"\n{len(summaries)} entr{'y' if len(summaries) == 1 else 'ies'} written in {ctx.deadline.elapsed():.0f} s "
           f"to {TUNE_CACHE_DIR / (arch + '.json')}")
     return 0 if summaries else 1
