@@ -11,7 +11,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_list_filters_and_counts():
-    result = run("list", "--only", "compress_d128")
+    result = run("list", "--only", "compress_d128*")
     assert result.returncode == 0, result.stderr
     assert "compress_d128_b4_rot" in result.stdout and "3 variant(s)" in result.stdout
 

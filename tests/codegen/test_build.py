@@ -6,8 +6,7 @@ import shutil
 
 import pytest
 
-from tqgen.codegen import build as build_module
-from tqgen.codegen.build import build
+from tqgen.codegen.build import build, write_if_changed
 from tqgen.codegen.loader import kernel_module, source_path
 from tqgen.codegen.render import render, template_hash
 from tqgen.paths import TEMPLATES_DIR
@@ -136,6 +135,6 @@ def test_committed_generated_dir_is_current():
 
 def test_write_if_changed_only_writes_on_change(tmp_path):
     path = tmp_path / "x.py"
-    assert build_module.write_if_changed(path, "a\n")
-    assert not build_module.write_if_changed(path, "a\n")
-    assert build_module.write_if_changed(path, "b\n")
+    assert write_if_changed(path, "a\n")
+    assert not write_if_changed(path, "a\n")
+    assert write_if_changed(path, "b\n")

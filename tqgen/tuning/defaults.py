@@ -4,9 +4,11 @@ Used whenever the tune cache has no entry, so ``python -m tqgen build --arch sm_
 works on a machine without a GPU.  Rules (README "Tuning" repeats them):
 
 * prefill: BLOCK_M query rows (query heads of a GQA group flattened in), BLOCK_N
-  keys per tile; 128x64 with 8 warps when the arch has >= 160 KB of shared memory
-  and D <= 128, else 64x64 (64x32 for D > 128) with 4 warps; as many pipeline
-  stages (2-3) as fit the shared memory.
+  keys per tile; 128x64 with 8 warps when the arch has >= 160 KB of shared memory,
+  D <= 128 and V is uncompressed, else 64x64 (64x32 for D > 128) with 4 warps; as
+  many pipeline stages (2-3) as fit the shared memory.  (Compressed V with
+  BLOCK_M=128 and 8 warps gave NaN / an illegal address with Triton 3.6 on an
+  H200, 2026-11-21: never a default, and the tuner skips it.)
 * decode: BLOCK_N = 64 keys per tile (32 for D > 128), 4 warps, 2 stages; each
   split walks at least SPLIT_MIN_TOKENS keys.
 * compress / decompress / scores: 32-64 token rows per program, 4 warps.
@@ -48,7 +50,7 @@ def default_config(spec: VariantSpec, limits: ArchLimits) -> Config:
         return {"BLOCK_T": 64, "num_warps": 4, "num_stages": 1}
 
     if fam is Family.ATTN_PREFILL:
-        big = limits.smem_per_block >= 160 * 1024 and d_pad <= 128
+        big = limits.smem_per_block >= 160 * 1024 and d_pad <= 128 and spec.v_bits is None
         block_m = 128 if big else 64
         block_n = 64 if d_pad <= 128 else 32
         stages = 3
