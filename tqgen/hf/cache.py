@@ -1,0 +1,465 @@
+"""A transformers ``Cache`` that stores K and V as TurboQuant codes, in place, with no full-precision copy.
+
+Each compressed layer owns four preallocated buffers laid out like an attention K/V tensor along
+``[batch, kv_heads, capacity, ...]``: the packed codes and the fp32 norms of K and of V (K and V
+may use different widths).  Appending ``n`` tokens is one compress launch for K and one for V,
+written at ``[length, length + n)``; when the capacity runs out the buffers grow geometrically
+(one copy), so a decode step never concatenates.
+
+Two ways to read the cache back:
+
+* ``fused_mode`` (set by :func:`tqgen.hf.install_fused_tq4_kv`): ``update`` returns the current
+  chunk's K/V unchanged and the fused attention backend reads the compressed buffers directly.
+* otherwise ``update`` returns the decompressed K/V of the whole sequence, so the cache also works
+  with SDPA/eager attention (with the compression error, and a decompression per step).
+
+A prefill onto an empty layer attends over the exact K/V in both modes (``exact_prefill``): they
+are at hand anyway, and it is both more accurate and faster than reading back what was just
+compressed.  Later chunks (decode, chunked prefill) attend over the compressed history.
+
+Layers can be left uncompressed by policy (``skip_layers``), and sliding-window layers always are
+(transformers' own window layer keeps them bounded).  Layers of different head_dim each get their
+own TurboQuant (rotation and codebook); layers of the same (head_dim, bits) share one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicSlidingWindowLayer
+
+from tqgen.compressed import CompressedTensor
+from tqgen.turboquant import TurboQuant
+from tqgen.validation import check_bits
+
+SkipPolicy = Iterable[int] | Callable[[int], bool] | None
+
+# Capacities are multiples of this many tokens, so a short prompt does not reallocate on every
+# one of its first decode steps.
+CAPACITY_GRANULE = 64
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+class PreallocatedLayer(CacheLayerMixin):
+    """A cache layer whose state is a few tensors shaped ``[batch, heads, capacity, ...]``.
+
+    Subclasses say how to allocate the buffers and write new tokens into them; growing, cropping
+    and the batch reorderings of beam search are the same for every layout and live here.
+    """
+
+    is_sliding = False
+    is_croppable = True
+    is_compileable = False
+
+    def __init__(self, growth: float = 2.0, initial_capacity: int = 0) -> None:
+        super().__init__()
+        if growth <= 1.0:
+            raise ValueError(f"growth must be > 1 (the factor the capacity grows by), got {growth}")
+        self.growth = float(growth)
+        self.initial_capacity = int(initial_capacity)
+        self.length = 0
+        self.capacity = 0
+        self.reallocations = 0
+        self._buffers: dict[str, torch.Tensor] = {}
+        self.batch = self.kv_heads = 0
+
+    # -- layout hooks -------------------------------------------------------------------------
+    def _allocate(self, capacity: int) -> dict[str, torch.Tensor]:
+        """Fresh buffers for ``capacity`` tokens (contents undefined)."""
+        raise NotImplementedError
+
+    def _write(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int) -> None:
+        """Store the new tokens at positions ``[start, start + n)``."""
+        raise NotImplementedError
+
+    # -- transformers' layer interface ---------------------------------------------------------
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Record dtype, device, batch and head counts from the first states seen."""
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.batch, self.kv_heads = key_states.shape[0], key_states.shape[1]
+        self.key_dim, self.value_dim = key_states.shape[-1], value_states.shape[-1]
+        self.is_initialized = True
+
+    def _append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> int:
+        """Write the new tokens after the current ones; returns where they start."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        expected = (self.batch, self.kv_heads)
+        for name, states in (("key_states", key_states), ("value_states", value_states)):
+            if tuple(states.shape[:2]) != expected:
+                raise ValueError(
+                    f"{name} has batch/heads {tuple(states.shape[:2])} but this cache layer holds {expected}: "
+                    "call cache.reset() before reusing the cache for a different batch"
+                )
+        start, new = self.length, key_states.shape[-2]
+        self.reserve(start + new)
+        self._write(key_states, value_states, start)
+        self.length = start + new
+        return start
+
+    def reserve(self, tokens: int) -> None:
+        """Make room for ``tokens`` tokens, growing geometrically (one copy of the valid prefix)."""
+        if tokens <= self.capacity:
+            return
+        capacity = max(tokens, math.ceil(self.capacity * self.growth), self.initial_capacity)
+        fresh = self._allocate(_round_up(capacity, CAPACITY_GRANULE))
+        if self.length:
+            for name, old in self._buffers.items():
+                fresh[name][:, :, : self.length].copy_(old[:, :, : self.length])
+        if self._buffers:
+            self.reallocations += 1
+        self._buffers = fresh
+        self.capacity = next(iter(fresh.values())).shape[2]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """The mask spans every cached token plus the query: ``(length + query_length, offset 0)``."""
+        return self.length + query_length, 0
+
+    def get_max_length(self) -> int:
+        """-1: the layer grows without bound."""
+        return -1
+
+    def get_max_cache_shape(self) -> int:
+        """Pre-5.16 name of :meth:`get_max_length`."""
+        return self.get_max_length()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the last ``-tokens_to_remove`` tokens (negative), or keep the first ``tokens_to_remove`` (positive, legacy)."""
+        if tokens_to_remove < 0:
+            self.length = max(self.length + tokens_to_remove, 0)
+        elif tokens_to_remove > 0:
+            self.length = min(self.length, tokens_to_remove)
+
+    def reset(self) -> None:
+        """Forget the tokens and free the buffers; the next update may bring a new batch size."""
+        self._buffers = {}
+        self.length = self.capacity = 0
+        self.is_initialized = False
+
+    def _reindex_batch(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        if not self._buffers:
+            return
+        self._buffers = {name: fn(buffer) for name, buffer in self._buffers.items()}
+        self.batch = next(iter(self._buffers.values())).shape[0]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: row ``i`` becomes old row ``beam_idx[i]``."""
+        self._reindex_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._reindex_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._reindex_batch(lambda t: t[indices])
+
+    def offload(self) -> None:
+        raise NotImplementedError("tqgen cache layers do not support offloading")
+
+    def prefetch(self) -> None:
+        raise NotImplementedError("tqgen cache layers do not support offloading")
+
+    # -- sizes ---------------------------------------------------------------------------------
+    def nbytes(self) -> int:
+        """Bytes allocated for this layer's buffers (capacity, not length)."""
+        return sum(t.numel() * t.element_size() for t in self._buffers.values())
+
+    def fp16_nbytes(self) -> int:
+        """Bytes a 16-bit K/V cache holding the same tokens would use."""
+        if not self.is_initialized:
+            return 0
+        return 2 * self.batch * self.kv_heads * self.length * (self.key_dim + self.value_dim)
+
+
+class FullPrecisionLayer(PreallocatedLayer):
+    """An uncompressed layer (for layers the policy skips), preallocated and grown like the others."""
+
+    def _allocate(self, capacity: int) -> dict[str, torch.Tensor]:
+        shape = (self.batch, self.kv_heads, capacity)
+        return {
+            "keys": torch.empty(*shape, self.key_dim, dtype=self.dtype, device=self.device),
+            "values": torch.empty(*shape, self.value_dim, dtype=self.dtype, device=self.device),
+        }
+
+    def _write(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int) -> None:
+        stop = start + key_states.shape[-2]
+        self._buffers["keys"][:, :, start:stop].copy_(key_states)
+        self._buffers["values"][:, :, start:stop].copy_(value_states)
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append, and return views of every cached K/V (no copy)."""
+        self._append(key_states, value_states)
+        return self._buffers["keys"][:, :, : self.length], self._buffers["values"][:, :, : self.length]
+
+
+class CompressedLayer(PreallocatedLayer):
+    """K and V as TurboQuant codes + fp32 norms, in place.
+
+    Args:
+        key_quantizer / value_quantizer: factories ``head_dim -> TurboQuant`` (the cache shares
+            one TurboQuant per (head_dim, bits) between layers).
+        fused_mode: if True, ``update`` returns the new chunk itself and the fused attention
+            backend reads :meth:`compressed`; else it returns decompressed K/V.
+        exact_prefill: a first update (empty layer) returns/attends over its exact K/V.
+    """
+
+    def __init__(
+        self,
+        key_quantizer: Callable[[int], TurboQuant],
+        value_quantizer: Callable[[int], TurboQuant],
+        growth: float = 2.0,
+        initial_capacity: int = 0,
+        fused_mode: bool = False,
+        exact_prefill: bool = True,
+    ) -> None:
+        super().__init__(growth=growth, initial_capacity=initial_capacity)
+        self._key_quantizer, self._value_quantizer = key_quantizer, value_quantizer
+        self.fused_mode = fused_mode
+        self.exact_prefill = exact_prefill
+        # The key tensor the last update returned when the fused backend must read the
+        # compressed buffers for it (None: attend over the returned K/V as they are).
+        self.fused_key: torch.Tensor | None = None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.key_quant = self._key_quantizer(self.key_dim)
+        self.value_quant = self._value_quantizer(self.value_dim)
+        # Codebook and rotation on the cache's device, looked up once rather than every step.
+        self._tables = {
+            prefix: (quant, quant.centroids(self.device), quant.rotation(self.device))
+            for prefix, quant in (("k", self.key_quant), ("v", self.value_quant))
+        }
+
+    def _allocate(self, capacity: int) -> dict[str, torch.Tensor]:
+        k = self.key_quant.empty(self.batch, self.kv_heads, capacity, self.device)
+        v = self.value_quant.empty(self.batch, self.kv_heads, capacity, self.device)
+        return {"k_packed": k.packed, "k_norms": k.norms, "v_packed": v.packed, "v_norms": v.norms}
+
+    def _view(self, prefix: str, length: int) -> CompressedTensor:
+        """The first ``length`` tokens of K (prefix "k") or V ("v") as a CompressedTensor of views."""
+        quant, centroids, rotation = self._tables[prefix]
+        return CompressedTensor(
+            packed=self._buffers[f"{prefix}_packed"][:, :, :length],
+            norms=self._buffers[f"{prefix}_norms"][:, :, :length],
+            bits=quant.bits,
+            head_dim=quant.head_dim,
+            centroids=centroids,
+            rotation=rotation,
+        )
+
+    def _write(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int) -> None:
+        # Compress straight into the capacity buffers: one launch each for K and V.
+        self.key_quant.compress(key_states, out=self._view("k", self.capacity), start=start)
+        self.value_quant.compress(value_states, out=self._view("v", self.capacity), start=start)
+
+    def compressed(self) -> tuple[CompressedTensor, CompressedTensor]:
+        """K and V of every cached token, as CompressedTensors viewing the buffers (no copy)."""
+        return self._view("k", self.length), self._view("v", self.length)
+
+    def decompressed(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of every cached token, decompressed to ``dtype`` (default: the model's)."""
+        dtype = dtype or self.dtype
+        k, v = self.compressed()
+        return self.key_quant.decompress(k, dtype=dtype), self.value_quant.decompress(v, dtype=dtype)
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compress the new tokens into the buffers; return what attention should read (see module doc)."""
+        start = self._append(key_states, value_states)
+        exact = self.exact_prefill and start == 0
+        self.fused_key = key_states if self.fused_mode and not exact else None
+        if self.fused_mode or exact:
+            return key_states, value_states
+        return self.decompressed()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)
+        self.fused_key = None
+
+    def reset(self) -> None:
+        super().reset()
+        self.fused_key = None
+
+
+def _is_sliding(config: object, layer_idx: int) -> bool:
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return layer_types[layer_idx] in ("sliding_attention", "chunked_attention")
+    return getattr(config, "sliding_window", None) is not None or getattr(config, "attention_chunk_size", None) is not None
+
+
+def _window(config: object, layer_idx: int) -> int:
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and layer_types[layer_idx] == "chunked_attention":
+        return config.attention_chunk_size
+    return getattr(config, "sliding_window", None) or config.attention_chunk_size
+
+
+class CompressedDynamicCache(Cache):
+    """TurboQuant-compressed KV cache for transformers models (pass it as ``past_key_values``).
+
+    Args:
+        config: the model's config (or text config). With it, layers are built up front and
+            sliding-window layers are recognised; without it, layers are created on first use.
+        k_bits / v_bits: code widths of K and V (2, 3 or 4).
+        skip_layers: layers to keep uncompressed: indices (negative ones count from the end; needs
+            ``config`` or ``num_layers``) or a predicate ``layer_idx -> bool``.
+        num_layers: the layer count when no config is given (for negative ``skip_layers``).
+        seed: rotation seed (42 matches turboquant_vllm, so either package reads the other's codes).
+        growth: factor the capacity grows by when full (> 1).
+        initial_capacity: tokens the first allocation holds at least (size it to prompt + new
+            tokens to allocate once, with no slack beyond :data:`CAPACITY_GRANULE`).
+        exact_prefill: attend over the exact K/V when a layer receives its first tokens.
+    """
+
+    def __init__(
+        self,
+        config: object | None = None,
+        *,
+        k_bits: int = 4,
+        v_bits: int = 4,
+        skip_layers: SkipPolicy = None,
+        num_layers: int | None = None,
+        seed: int = 42,
+        growth: float = 2.0,
+        initial_capacity: int = 0,
+        exact_prefill: bool = True,
+    ) -> None:
+        self.k_bits = check_bits("k_bits", k_bits)
+        self.v_bits = check_bits("v_bits", v_bits)
+        self.seed = seed
+        self.growth, self.initial_capacity, self.exact_prefill = growth, initial_capacity, exact_prefill
+        self._fused_mode = False
+        self._quantizers: dict[tuple[int, int], TurboQuant] = {}
+        self._config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        if self._config is not None:
+            num_layers = self._config.num_hidden_layers
+        self.num_layers = num_layers
+        self._skip = self._skip_predicate(skip_layers, num_layers)
+        layers = [self._make_layer(i) for i in range(num_layers)] if self._config is not None else []
+        super().__init__(layers=layers)
+
+    # -- policy ----------------------------------------------------------------------------------
+    @staticmethod
+    def _skip_predicate(skip_layers: SkipPolicy, num_layers: int | None) -> Callable[[int], bool]:
+        if skip_layers is None:
+            return lambda idx: False
+        if callable(skip_layers):
+            return skip_layers
+        indices = set()
+        for idx in skip_layers:
+            if idx < 0:
+                if num_layers is None:
+                    raise ValueError("negative skip_layers need the layer count: pass config= or num_layers=")
+                idx += num_layers
+            indices.add(idx)
+        return indices.__contains__
+
+    def quantizer(self, head_dim: int, bits: int) -> TurboQuant:
+        """The TurboQuant for (head_dim, bits), shared by every layer that uses it."""
+        key = (head_dim, bits)
+        if key not in self._quantizers:
+            self._quantizers[key] = TurboQuant(head_dim, bits, seed=self.seed)
+        return self._quantizers[key]
+
+    def _make_layer(self, layer_idx: int) -> CacheLayerMixin:
+        if self._config is not None and _is_sliding(self._config, layer_idx):
+            return DynamicSlidingWindowLayer(sliding_window=_window(self._config, layer_idx))
+        if self._skip(layer_idx):
+            return FullPrecisionLayer(growth=self.growth, initial_capacity=self.initial_capacity)
+        return CompressedLayer(
+            key_quantizer=lambda d: self.quantizer(d, self.k_bits),
+            value_quantizer=lambda d: self.quantizer(d, self.v_bits),
+            growth=self.growth,
+            initial_capacity=self.initial_capacity,
+            fused_mode=self._fused_mode,
+            exact_prefill=self.exact_prefill,
+        )
+
+    def is_compressed(self, layer_idx: int) -> bool:
+        return layer_idx < len(self.layers) and isinstance(self.layers[layer_idx], CompressedLayer)
+
+    # -- fused attention side channel --------------------------------------------------------------
+    @property
+    def fused_mode(self) -> bool:
+        """True while the fused backend is installed: ``update`` then keeps no full-precision K/V."""
+        return self._fused_mode
+
+    @fused_mode.setter
+    def fused_mode(self, value: bool) -> None:
+        self._fused_mode = bool(value)
+        for layer in self.layers:
+            if isinstance(layer, CompressedLayer):
+                layer.fused_mode = self._fused_mode
+                layer.fused_key = None
+
+    def fused_kv(self, layer_idx: int | None, key: torch.Tensor) -> tuple[CompressedTensor, CompressedTensor] | None:
+        """Compressed K/V for the fused backend, if ``key`` is what this cache's ``update`` just returned
+        for ``layer_idx`` and attention must read the compressed history; else None."""
+        if layer_idx is None or not self.is_compressed(layer_idx):
+            return None
+        layer = self.layers[layer_idx]
+        if layer.fused_key is None or layer.fused_key is not key:
+            return None
+        return layer.compressed()
+
+    # -- transformers' cache interface ---------------------------------------------------------------
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new K/V of ``layer_idx`` (accepts 5.0's ``cache_kwargs`` and none)."""
+        while len(self.layers) <= layer_idx:
+            self.layers.append(self._make_layer(len(self.layers)))
+        return self.layers[layer_idx].update(key_states, value_states, *args, **kwargs)
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        """Pre-5.16 name of ``get_max_length``."""
+        return self.get_max_length(layer_idx)
+
+    def reserve(self, tokens: int) -> None:
+        """Make every initialised layer hold ``tokens`` tokens without reallocating."""
+        for layer in self.layers:
+            if isinstance(layer, PreallocatedLayer) and layer.is_initialized:
+                layer.reserve(tokens)
+
+    # -- sizes ---------------------------------------------------------------------------------------
+    def nbytes(self) -> int:
+        """Bytes allocated for the cached K/V (codes + norms of compressed layers, capacity-based)."""
+        total = 0
+        for layer in self.layers:
+            if isinstance(layer, PreallocatedLayer):
+                total += layer.nbytes()
+            elif getattr(layer, "is_initialized", False) and layer.keys is not None:
+                total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values))
+        return total
+
+    def fp16_nbytes(self) -> int:
+        """Bytes a 16-bit ``DynamicCache`` holding the same tokens would use."""
+        total = 0
+        for layer in self.layers:
+            if isinstance(layer, PreallocatedLayer):
+                total += layer.fp16_nbytes()
+            elif getattr(layer, "is_initialized", False) and layer.keys is not None:
+                total += 2 * (layer.keys.numel() + layer.values.numel())
+        return total
+
+    def compression_ratio(self) -> float:
+        """``fp16_nbytes() / nbytes()``: how many times smaller than fp16 (e.g. ~3.7 at 4 bits, D=128)."""
+        allocated = self.nbytes()
+        return self.fp16_nbytes() / allocated if allocated else float("nan")
+
+    def __repr__(self) -> str:
+        return (
+            f"CompressedDynamicCache(k_bits={self.k_bits}, v_bits={self.v_bits}, layers={len(self.layers)}, "
+            f"tokens={self.get_seq_length()}, fused_mode={self.fused_mode})"
+        )

@@ -1,0 +1,120 @@
+"""Switch a transformers model onto tqgen's attention backends, and back.
+
+The attention function is looked up from ``config._attn_implementation`` on every forward, so
+installing is: register the backends, point the model's config(s) at one, and (for the fused
+backend) stash the cache on every attention module as ``module._tq4_cache``.  The implementation
+in place before the first install is remembered on the model and restored exactly by
+:func:`uninstall_fused_tq4_kv`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tqgen.hf.backends import TRITON_FA, TRITON_FA_TQ4_KV, register_triton_fa
+from tqgen.hf.cache import CompressedDynamicCache, SkipPolicy
+
+# Attribute on the model: [(config, attn implementation before tqgen's first install), ...].
+_SAVED = "_tqgen_saved_attn_implementation"
+_OURS = (TRITON_FA, TRITON_FA_TQ4_KV)
+
+
+def _configs(model: torch.nn.Module) -> list[object]:
+    """Every distinct config the model's attention may be dispatched from (model, submodels, sub-configs)."""
+    if not hasattr(model, "config"):
+        raise AttributeError(f"{type(model).__name__} has no `config`: expected a transformers PreTrainedModel")
+    found: dict[int, object] = {}
+    pending = [model.config] + [m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")]
+    while pending:
+        config = pending.pop()
+        if id(config) in found:
+            continue
+        found[id(config)] = config
+        for key in getattr(config, "sub_configs", {}) or {}:
+            sub = getattr(config, key, None)
+            if sub is not None and hasattr(sub, "_attn_implementation"):
+                pending.append(sub)
+    return list(found.values())
+
+
+def _set_attn_implementation(model: torch.nn.Module, name: str) -> None:
+    """Point the model at ``name``, remembering (once) what it used before."""
+    if not hasattr(model, _SAVED):
+        setattr(model, _SAVED, [(config, config._attn_implementation) for config in _configs(model)])
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(name)
+    else:
+        model.config._attn_implementation = name
+
+
+def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    modules = [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+    if not modules:
+        raise AttributeError(f"{type(model).__name__} has no attention modules with a `layer_idx`")
+    return modules
+
+
+def install_triton_fa(model: torch.nn.Module) -> None:
+    """Register the backends and run ``model``'s attention with tqgen's FlashAttention (``triton_fa``)."""
+    register_triton_fa()
+    _set_attn_implementation(model, TRITON_FA)
+
+
+def install_fused_tq4_kv(model: torch.nn.Module, cache: CompressedDynamicCache) -> None:
+    """Run ``model``'s attention straight from ``cache``'s compressed K/V (``triton_fa_tq4_kv``).
+
+    Stashes ``cache`` on every attention module as ``module._tq4_cache`` and puts it in
+    ``fused_mode`` (its ``update`` then keeps no full-precision K/V); a cache installed before on
+    this model leaves fused mode.  Pass the same ``cache`` to ``generate``/``forward`` as
+    ``past_key_values``.
+    """
+    if not isinstance(cache, CompressedDynamicCache):
+        raise TypeError(f"cache must be a CompressedDynamicCache, got {type(cache).__name__}")
+    modules = _attention_modules(model)
+    register_triton_fa()
+    for module in modules:
+        previous = getattr(module, "_tq4_cache", None)
+        if previous is not None and previous is not cache:
+            previous.fused_mode = False
+        module._tq4_cache = cache
+    cache.fused_mode = True
+    _set_attn_implementation(model, TRITON_FA_TQ4_KV)
+
+
+def uninstall_fused_tq4_kv(model: torch.nn.Module) -> None:
+    """Undo :func:`install_fused_tq4_kv` / :func:`install_triton_fa`: drop the stashed cache (leaving
+    fused mode) and restore the attention implementation the model had before tqgen, exactly."""
+    for module in model.modules():
+        cache = module.__dict__.pop("_tq4_cache", None)
+        if cache is not None:
+            cache.fused_mode = False
+    saved = model.__dict__.pop(_SAVED, None)
+    if saved is None:
+        return
+    for config, implementation in saved:
+        # The internal attribute: the public setter would also overwrite the sub-configs.
+        if hasattr(config, "_attn_implementation_internal"):
+            config._attn_implementation_internal = implementation
+        else:
+            config._attn_implementation = implementation
+
+
+def enable(
+    model: torch.nn.Module,
+    k_bits: int = 4,
+    v_bits: int = 4,
+    *,
+    skip_layers: SkipPolicy = None,
+    **cache_options: object,
+) -> CompressedDynamicCache:
+    """Build a :class:`CompressedDynamicCache` for ``model`` and install the fused backend on it.
+
+    ``skip_layers`` and ``cache_options`` (``seed``, ``growth``, ``initial_capacity``,
+    ``exact_prefill``) go to the cache.  Returns the cache; pass it as ``past_key_values``::
+
+        cache = tqgen.hf.enable(model, k_bits=4, v_bits=4)
+        out = model.generate(**inputs, past_key_values=cache, max_new_tokens=64)
+    """
+    cache = CompressedDynamicCache(model.config, k_bits=k_bits, v_bits=v_bits, skip_layers=skip_layers, **cache_options)
+    install_fused_tq4_kv(model, cache)
+    return cache
