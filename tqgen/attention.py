@@ -24,6 +24,7 @@ from tqgen.ops import attention as ops
 from tqgen.quant.packing import packed_width
 from tqgen.spec import MAX_GROUP, SUPPORTED_BITS, Family, VariantSpec
 from tqgen.tuning import config_for, current_arch, shape_bucket
+from tqgen.tuning.cache import register_invalidator
 from tqgen.validation import (
     FLOAT_DTYPES,
     check_bits,
@@ -132,6 +133,9 @@ def _device_info(device: torch.device) -> tuple[str, str | None]:
 def _config(spec: VariantSpec, device: torch.device, bucket: str) -> dict[str, int]:
     arch, gpu = _device_info(device)
     return config_for(spec, arch, bucket, gpu)
+
+
+register_invalidator(_config.cache_clear)  # the tuner's overrides must reach this memo
 
 
 # --------------------------------------------------------------- dispatcher

@@ -53,7 +53,7 @@ from tqgen.quant.packing import packed_width
 from tqgen.spec import Family, VariantSpec
 from tqgen.testing import TOLERANCES, poison_
 from tqgen.tuning.arch import ArchLimits, check_arch, current_arch, interpreting
-from tqgen.tuning.cache import invalidate, now_utc, override, record_lookups, register_invalidator, write_entries
+from tqgen.tuning.cache import invalidate, now_utc, override, record_lookups, write_entries
 from tqgen.tuning.defaults import Config, default_config
 
 QUICK_BUDGET_S = 150.0
@@ -310,17 +310,6 @@ class TuneContext:
         return check_arch(self.arch)
 
 
-def _register_dispatcher_memo() -> None:
-    """The attention dispatcher memoises configs; make ``override`` clear that memo."""
-    try:
-        from tqgen import attention as dispatcher
-    except ImportError:
-        return
-    memo = getattr(dispatcher, "_config", None)
-    if memo is not None and hasattr(memo, "cache_clear"):
-        register_invalidator(memo.cache_clear)
-
-
 def _fmt(config: Config) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(config.items()))
 
@@ -464,7 +453,6 @@ def tune_problem(ctx: TuneContext, problem: Problem) -> dict[str, Any] | None:
 
 def tune(ctx: TuneContext, problems: list[Problem]) -> list[dict[str, Any]]:
     """Tune ``problems`` in order until the budget is spent; returns the entries written."""
-    _register_dispatcher_memo()
     summaries: list[dict[str, Any]] = []
     for i, problem in enumerate(problems, 1):
         if ctx.deadline.expired():
