@@ -57,6 +57,18 @@ def wall_timer(repeats: int = 3) -> Timer:
     return timer
 
 
+def host_loop_ms(fn: Callable[[], object], iters: int = 200) -> float:
+    """Wall time per call of ``iters`` back-to-back calls between two syncs: unlike ``do_bench``
+    (whose L2 flush hides the host's launch work) this includes the Python and launch overhead."""
+    fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync()
+    return (time.perf_counter() - start) * 1e3 / iters
+
+
 def default_timer(device: torch.device | str, quick: bool = False) -> Timer:
     """The timer for ``device``: do_bench on a GPU, the host clock elsewhere."""
     if torch.device(device).type == "cuda":

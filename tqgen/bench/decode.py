@@ -26,6 +26,7 @@ from tqgen.bench.common import (
     compress,
     dequantize,
     frac,
+    host_loop_ms,
     operand_bytes,
     randn,
     ratio,
@@ -124,6 +125,10 @@ def _run_case(ctx: BenchContext, case: DecodeCase, q_heads: int, kv_heads: int, 
         sdpa_row["frac_copy"] = frac(sdpa_row["tbps"], ctx.copy_tbps)
         if res.ms is None:
             sdpa_row["error"] = "no SDPA backend ran"
+        if (b, n) == SHORT_SHAPE and ctx.on_gpu:
+            import torch.nn.functional as F
+
+            sdpa_row["host_loop_ms"] = host_loop_ms(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
     rows.append(sdpa_row)
 
     for mode in case.modes:
@@ -140,6 +145,8 @@ def _run_case(ctx: BenchContext, case: DecodeCase, q_heads: int, kv_heads: int, 
             row.update(frac_copy=frac(row["tbps"], ctx.copy_tbps), vs_sdpa=ratio(sdpa_ms, ms))
             if mode == "K4V4" and ctx.compare is not None:
                 rows.append(_compare_row(ctx, case, q, ck, cv, io_bytes, sdpa_ms))
+            if (b, n) == SHORT_SHAPE and ctx.on_gpu:  # launch overhead included (see host_loop_ms)
+                row["host_loop_ms"] = host_loop_ms(lambda: tq_attention(q, ck, cv, out=out))
             if mode == "K4V4" and (b, n) == GRAPH_SHAPE and ctx.on_gpu and ctx.cuda_graphs:
                 graph.update(cuda_graph_check(ctx, q, ck, cv))
             del ck, cv, out

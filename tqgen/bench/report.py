@@ -21,7 +21,8 @@ from tqgen.tuning.cache import atomic_write_json
 _COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "decode": [("case", "case", "s"), ("impl", "impl", "s"), ("mode", "mode", "s"), ("ms", "ms", ".4f"),
                ("TB/s", "tbps", ".2f"), ("of copy", "frac_copy", "%"), ("vs SDPA", "vs_sdpa", "x"),
-               ("target", "target", "s"), ("pass", "pass", "pass"), ("err", "check_rel_l2", ".0e")],
+               ("target", "target", "s"), ("pass", "pass", "pass"), ("err", "check_rel_l2", ".0e"),
+               ("host loop ms", "host_loop_ms", ".4f")],
     "prefill": [("case", "case", "s"), ("impl", "impl", "s"), ("mode", "mode", "s"), ("ms", "ms", ".3f"),
                 ("TFLOP/s", "tflops", ".0f"), ("vs SDPA", "vs_sdpa", "%"), ("target", "target", "s"),
                 ("pass", "pass", "pass"), ("err", "check_rel_l2", ".0e")],
