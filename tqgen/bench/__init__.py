@@ -23,7 +23,7 @@ from tqgen.tuning.arch import interpreting
 
 SUITES = ("decode", "prefill", "compress", "e2e")
 # Seconds each suite may take (it stops starting new cases after that).
-# Sum < the GPU session's 250 s bench limit; typical use is well under half of each.
+# Sum < the GPU session's 240 s bench limit; typical use is well under half of each.
 BUDGET_S = {"decode": 90, "prefill": 45, "compress": 20, "e2e": 80}
 QUICK_BUDGET_S = {"decode": 45, "prefill": 30, "compress": 15, "e2e": 60}
 
