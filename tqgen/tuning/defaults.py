@@ -40,7 +40,7 @@ def default_config(spec: VariantSpec, limits: ArchLimits) -> Config:
     fam = spec.family
     if limits.interpreter:
         if fam is Family.ATTN_PREFILL:
-            return {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
+            return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
         if fam is Family.ATTN_DECODE:
             return {"BLOCK_N": 64, "SPLIT_MIN_TOKENS": 64, "num_warps": 4, "num_stages": 1}
         if fam is Family.SCORES:
