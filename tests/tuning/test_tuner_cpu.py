@@ -135,6 +135,17 @@ def test_candidates_start_with_the_default_and_skip_what_cannot_fit():
     assert all(c["SPLIT_MIN_TOKENS"] != best["SPLIT_MIN_TOKENS"] for c in tuner.split_candidates(best, True))
 
 
+def test_broken_configs_are_never_launched():
+    spec = VariantSpec(Family.ATTN_PREFILL, 128, 4, 4, 4, True, True)
+    sm90 = ARCH_LIMITS["sm_90"]
+    default = default_config(spec, sm90)
+    assert tuner.known_bad(spec, default, sm90) is None
+    assert tuner.known_bad(spec, {**default, "BLOCK_M": 128, "num_warps": 8}, sm90)
+    assert tuner.known_bad(spec, {**default, "BLOCK_M": 128, "num_warps": 8}, CPU) is None  # interpreter: fine
+    k_only = VariantSpec(Family.ATTN_PREFILL, 128, 4, None, 4, True, True)
+    assert tuner.known_bad(k_only, {**default, "BLOCK_M": 128}, sm90) is None
+
+
 def test_plan_and_only():
     quick = tuner.plan(quick=True)
     ids = {p.expected_id() for p in quick}

@@ -232,7 +232,8 @@ _TILE_KEYS = {
 }
 _QUICK_TILES = {
     Family.ATTN_DECODE: [(64, 4, 3), (128, 4, 2), (128, 8, 3), (32, 4, 3), (64, 8, 4)],
-    Family.ATTN_PREFILL: [(128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 4, 2)],
+    Family.ATTN_PREFILL: [(128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 4, 2),
+                          (64, 32, 4, 3), (64, 64, 4, 4), (64, 128, 8, 3)],
     Family.COMPRESS: [(32, 4, 1), (128, 4, 1), (128, 8, 1), (32, 2, 1)],
 }
 _FULL_AXES = {
@@ -267,6 +268,21 @@ def _dedupe(configs: list[Config]) -> list[Config]:
             seen.add(key)
             out.append(c)
     return out
+
+
+def known_bad(spec: VariantSpec, config: Config, limits: ArchLimits) -> str | None:
+    """Why a config must not even be launched on a GPU (it breaks the process, not just the output).
+
+    Compressed-V prefill with BLOCK_M=128 gave NaN and an illegal address with Triton 3.6 on an
+    H200 (2026-11-21, see tuning/defaults.py); an illegal address kills the CUDA context and
+    every candidate after it, so these are skipped rather than caught.  (GPU code generation
+    only: the interpreter runs them fine.)
+    """
+    if limits.interpreter:
+        return None
+    if spec.family is Family.ATTN_PREFILL and spec.v_bits is not None and config.get("BLOCK_M", 0) >= 128:
+        return "compressed-V prefill with BLOCK_M >= 128 is broken on Triton 3.6 (tuning/defaults.py)"
+    return None
 
 
 def smem_estimate(spec: VariantSpec, config: Config) -> int:
@@ -356,6 +372,9 @@ def _measure(ctx: TuneContext, problem: Problem, spec: VariantSpec, fn: Callable
     estimate = smem_estimate(spec, config)
     if estimate > ctx.limits.smem_per_block:
         record["skipped"] = f"shared memory estimate {estimate} B > {ctx.limits.smem_per_block} B"
+    elif known_bad(spec, config, ctx.limits):
+        record["skipped"] = known_bad(spec, config, ctx.limits)
+    if "skipped" in record:
         ctx.log(f"      {_fmt(config):58s} skipped ({record['skipped']})")
         return record
     try:
