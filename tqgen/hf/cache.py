@@ -133,6 +133,7 @@ class PreallocatedLayer(CacheLayerMixin):
 
     def crop(self, tokens_to_remove: int) -> None:
         """Drop the last ``-tokens_to_remove`` tokens (negative), or keep the first ``tokens_to_remove`` (positive, legacy)."""
+        tokens_to_remove = int(tokens_to_remove)  # assisted decoding may pass a 0-d tensor
         if tokens_to_remove < 0:
             self.length = max(self.length + tokens_to_remove, 0)
         elif tokens_to_remove > 0:
