@@ -174,3 +174,15 @@ def test_layers_of_different_head_dim_get_their_own_quantizer(device):
     assert (first.key_quant.head_dim, second.key_quant.head_dim) == (64, 128)
     assert first.key_quant is third.key_quant is first.value_quant, "one TurboQuant per (head_dim, bits)"
     assert cache.get_max_cache_shape() == -1 and not cache.is_compileable
+
+
+def test_steps_in_and_out_of_inference_mode(device):
+    """Buffers are normal tensors: a prefill under torch.inference_mode, then generate's no_grad steps."""
+    cache = CompressedDynamicCache(skip_layers=[1], num_layers=2)
+    with torch.inference_mode():
+        for layer_idx in range(2):
+            cache.update(*_kv(1, 1, 3, device=device), layer_idx)
+    with torch.no_grad():
+        for layer_idx in range(2):
+            cache.update(*_kv(1, 1, 70, device=device, seed=1), layer_idx)  # grows past the first capacity
+    assert cache.get_seq_length() == 73 and cache.layers[0].reallocations == 1

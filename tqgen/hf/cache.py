@@ -107,10 +107,13 @@ class PreallocatedLayer(CacheLayerMixin):
         if tokens <= self.capacity:
             return
         capacity = max(tokens, math.ceil(self.capacity * self.growth), self.initial_capacity)
-        fresh = self._allocate(_round_up(capacity, CAPACITY_GRANULE))
-        if self.length:
-            for name, old in self._buffers.items():
-                fresh[name][:, :, : self.length].copy_(old[:, :, : self.length])
+        # Normal (not inference) tensors, so that steps run in and out of torch.inference_mode
+        # can both write into them.
+        with torch.inference_mode(False):
+            fresh = self._allocate(_round_up(capacity, CAPACITY_GRANULE))
+            if self.length:
+                for name, old in self._buffers.items():
+                    fresh[name][:, :, : self.length].copy_(old[:, :, : self.length])
         if self._buffers:
             self.reallocations += 1
         self._buffers = fresh
@@ -148,7 +151,8 @@ class PreallocatedLayer(CacheLayerMixin):
     def _reindex_batch(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         if not self._buffers:
             return
-        self._buffers = {name: fn(buffer) for name, buffer in self._buffers.items()}
+        with torch.inference_mode(False):
+            self._buffers = {name: fn(buffer) for name, buffer in self._buffers.items()}
         self.batch = next(iter(self._buffers.values())).shape[0]
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
