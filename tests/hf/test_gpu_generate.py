@@ -1,0 +1,68 @@
+"""GPU-only checks of the HF integration: fp16/bf16 models, longer contexts, real allocations."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+import tqgen.hf
+from tqgen.hf import CompressedDynamicCache
+from tqgen.hf.testing_models import tiny_causal_lm
+from tqgen.testing import assert_close
+
+pytestmark = pytest.mark.gpu
+
+
+@torch.no_grad()
+def _step_logits(model, cache, tokens: torch.Tensor, prompt: int) -> list[torch.Tensor]:
+    """Prefill ``prompt`` tokens, then one token per step: the last logits of each forward."""
+    logits = [model(tokens[:, :prompt], past_key_values=cache).logits[:, -1].float()]
+    for t in range(prompt, tokens.shape[1]):
+        logits.append(model(tokens[:, t : t + 1], past_key_values=cache).logits[:, -1].float())
+    return logits
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_cache_half_precision_long_prompt(dtype):
+    """300-token prompt (several KV tiles, split-K decode), batch 2: fused = "decompress + SDPA" within
+    the dtype's rounding and cosine >= 0.99 against SDPA with the exact 16-bit cache."""
+    model = tiny_causal_lm("llama", head_dim=128, heads=8, kv_heads=2, hidden=256, initializer_range=0.02, dtype=dtype).cuda()
+    tokens = torch.randint(3, 128, (2, 306), generator=torch.Generator().manual_seed(0)).cuda()
+    reference = _step_logits(model, DynamicCache(), tokens, 300)
+    decompressed = _step_logits(model, CompressedDynamicCache(model.config), tokens, 300)
+    cache = tqgen.hf.enable(model)
+    fused = _step_logits(model, cache, tokens, 300)
+    tqgen.hf.uninstall_fused_tq4_kv(model)
+    for step, (f, d, r) in enumerate(zip(fused, decompressed, reference)):
+        assert_close(f, d, dtype, f"fused vs decompress+SDPA, step {step}")
+        cosine = torch.nn.functional.cosine_similarity(f, r, dim=-1).min().item()
+        assert cosine >= 0.99, (step, cosine)
+
+
+def test_vanilla_backend_matches_sdpa_fp16():
+    model = tiny_causal_lm("qwen3", head_dim=128, heads=8, kv_heads=2, hidden=256, initializer_range=0.02, dtype=torch.float16).cuda()
+    ids = torch.randint(3, 128, (2, 200), generator=torch.Generator().manual_seed(1)).cuda()
+    kwargs = dict(max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    sdpa = model.generate(ids, **kwargs)
+    tqgen.hf.install_triton_fa(model)
+    ours = model.generate(ids, **kwargs)
+    tqgen.hf.uninstall_fused_tq4_kv(model)
+    for step, (a, b) in enumerate(zip(ours.logits, sdpa.logits)):
+        assert_close(a, b, torch.float16, f"step {step}")
+
+
+def test_reported_size_matches_cuda_allocations():
+    """nbytes() is what the CUDA allocator handed out for the cache (up to its 512-byte rounding)."""
+    k = torch.randn(4, 8, 1000, 128, dtype=torch.float16, device="cuda")
+    warm = CompressedDynamicCache(k_bits=4, v_bits=3)
+    warm.update(k[:, :, :1], k[:, :, :1], 0)  # rotation and codebooks on the device, cached for good
+    del warm
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    cache = CompressedDynamicCache(k_bits=4, v_bits=3, initial_capacity=4096)
+    for layer_idx in range(4):
+        cache.update(k, k, layer_idx)
+    torch.cuda.synchronize()
+    allocated = torch.cuda.memory_allocated() - before
+    # per token and head: K 64 B of 4-bit codes + 4 B norm, V 48 B of 3-bit codes + 4 B norm
+    assert cache.nbytes() == 4 * (4 * 8 * 4096 * (68 + 52))
+    assert abs(allocated - cache.nbytes()) <= 512 * 4 * 4, (allocated, cache.nbytes())
