@@ -135,18 +135,22 @@ def test_prompt_lookup_decoding_crops_and_verifies_chunks(device):
     tqgen.hf.uninstall_fused_tq4_kv(model)
 
 
-def test_sliding_window_layers_stay_uncompressed(device):
-    """Qwen2 with its upper layer on a sliding window: that layer keeps transformers' window cache
-    and the fused backend runs it through the vanilla kernel with the window mask."""
-    model = tiny_causal_lm(
-        "qwen2", head_dim=64, kv_heads=2, initializer_range=0.02,
-        use_sliding_window=True, sliding_window=6, max_window_layers=1,
-    ).to(device)
+SLIDING = {
+    "qwen2": dict(use_sliding_window=True, sliding_window=6, max_window_layers=1),
+    "gemma3": dict(sliding_window=6, layer_types=["full_attention", "sliding_attention"]),
+}
+
+
+@pytest.mark.parametrize("family", sorted(SLIDING))
+def test_sliding_window_layers_stay_uncompressed(family, device):
+    """The upper layer attends over a 6-token window: it keeps transformers' window cache and the
+    fused backend runs it through the vanilla kernel with the window mask."""
+    model = tiny_causal_lm(family, head_dim=64, kv_heads=2, initializer_range=0.02, **SLIDING[family]).to(device)
     ids = _tokens(1, PROMPT, seed=5).to(device)
     sdpa = _greedy(model, ids)
     cache = tqgen.hf.enable(model)
     fused = _greedy(model, ids, cache)
-    assert cache.is_sliding == [False, True]
+    assert cache.is_sliding == [False, True] and isinstance(cache.layers[0], CompressedLayer)
     for step, (a, b) in enumerate(zip(fused.logits, sdpa.logits)):
         assert _cosine(a, b) >= 0.99, step
     tqgen.hf.uninstall_fused_tq4_kv(model)
@@ -156,8 +160,11 @@ def test_install_errors_and_exact_restore():
     model = tiny_causal_lm("llama", head_dim=64, attn_implementation="eager")
     with pytest.raises(TypeError, match="CompressedDynamicCache"):
         tqgen.hf.install_fused_tq4_kv(model, DynamicCache())
-    with pytest.raises(AttributeError, match="layer_idx"):
+    with pytest.raises(AttributeError, match="config"):
         tqgen.hf.install_fused_tq4_kv(torch.nn.Linear(2, 2), CompressedDynamicCache())
+    softcapped = tiny_causal_lm("gemma3", head_dim=64, attn_logit_softcapping=30.0)
+    with pytest.raises(NotImplementedError, match="soft-caps"):
+        tqgen.hf.enable(softcapped)
     tqgen.hf.install_triton_fa(model)
     first = tqgen.hf.enable(model)
     second = tqgen.hf.enable(model)

@@ -44,7 +44,10 @@ def _check_supported(dropout: float, kwargs: dict[str, object]) -> None:
         )
     for name, what in _UNSUPPORTED_KWARGS.items():
         if kwargs.get(name) is not None:
-            raise NotImplementedError(f"tqgen attention does not support {what} (got {name}=...); use attn_implementation='sdpa' or 'eager'")
+            raise NotImplementedError(
+                f"tqgen attention does not support {what} (got {name}=...); keep this model on "
+                "attn_implementation='eager' (or 'sdpa' where the model supports it)"
+            )
 
 
 def _is_causal(module: torch.nn.Module, query: torch.Tensor, attention_mask: torch.Tensor | None, kwargs: dict[str, object]) -> bool:

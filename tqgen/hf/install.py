@@ -47,6 +47,16 @@ def _set_attn_implementation(model: torch.nn.Module, name: str) -> None:
         model.config._attn_implementation = name
 
 
+def _check_supported(model: torch.nn.Module) -> None:
+    """Refuse up front what the kernels cannot do, rather than failing inside the first forward."""
+    for config in _configs(model):
+        if getattr(config, "attn_logit_softcapping", None) is not None:
+            raise NotImplementedError(
+                f"{type(model).__name__} soft-caps its attention logits (attn_logit_softcapping="
+                f"{config.attn_logit_softcapping}), which tqgen's kernels do not implement"
+            )
+
+
 def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     modules = [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)]
     if not modules:
@@ -56,6 +66,7 @@ def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def install_triton_fa(model: torch.nn.Module) -> None:
     """Register the backends and run ``model``'s attention with tqgen's FlashAttention (``triton_fa``)."""
+    _check_supported(model)
     register_triton_fa()
     _set_attn_implementation(model, TRITON_FA)
 
@@ -70,6 +81,7 @@ def install_fused_tq4_kv(model: torch.nn.Module, cache: CompressedDynamicCache) 
     """
     if not isinstance(cache, CompressedDynamicCache):
         raise TypeError(f"cache must be a CompressedDynamicCache, got {type(cache).__name__}")
+    _check_supported(model)
     modules = _attention_modules(model)
     register_triton_fa()
     for module in modules:

@@ -17,6 +17,7 @@ FAMILIES: dict[str, tuple[str, str, dict[str, object]]] = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"use_sliding_window": False}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"use_sliding_window": False}),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", {}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {}),
 }
 
 
