@@ -122,14 +122,19 @@ def test_beam_search_reorders_the_compressed_cache(device):
     tqgen.hf.uninstall_fused_tq4_kv(model)
 
 
-def test_prompt_lookup_decoding_crops_and_verifies_chunks(device):
-    """Assisted (prompt-lookup) decoding verifies multi-token drafts and crops rejected ones:
-    same tokens as plain greedy decoding with the fused cache."""
+@pytest.mark.parametrize("assistance", ["prompt_lookup", "assistant_model"])
+def test_assisted_decoding_crops_and_verifies_chunks(assistance, device):
+    """Assisted decoding verifies multi-token drafts against the compressed cache and crops the
+    rejected ones: same tokens as plain greedy decoding with the fused cache."""
     model = tiny_causal_lm("llama", head_dim=64, kv_heads=2, layers=1, initializer_range=0.02).to(device)
+    if assistance == "prompt_lookup":
+        assist = dict(prompt_lookup_num_tokens=3)
+    else:
+        assist = dict(assistant_model=tiny_causal_lm("llama", head_dim=64, layers=1, initializer_range=0.02, seed=1).to(device))
     ids = torch.tensor([[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6]], device=device)
     greedy = model.generate(ids, max_new_tokens=5, do_sample=False, past_key_values=tqgen.hf.enable(model))
     cache = tqgen.hf.enable(model)
-    assisted = model.generate(ids, max_new_tokens=5, do_sample=False, past_key_values=cache, prompt_lookup_num_tokens=3)
+    assisted = model.generate(ids, max_new_tokens=5, do_sample=False, past_key_values=cache, **assist)
     assert torch.equal(assisted, greedy)
     assert cache.get_seq_length() == greedy.shape[1] - 1
     tqgen.hf.uninstall_fused_tq4_kv(model)
