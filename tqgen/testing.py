@@ -18,6 +18,11 @@ TOLERANCES: dict[torch.dtype, dict[str, float]] = {
 }
 
 
+# Whole-model logits after several layers of fp16 attention (Hugging Face tests): the
+# kernels' fp16 rounding compounds through every layer and the LM head.
+LOGITS_TOLERANCE: dict[str, float] = {"atol": 3e-2, "rel_l2": 2e-2}
+
+
 def poison_(t: torch.Tensor) -> torch.Tensor:
     """Fill an output buffer with NaN (or 0xFF for integers) so unwritten elements fail."""
     if t.is_floating_point():
@@ -43,11 +48,17 @@ def describe_difference(actual: torch.Tensor, expected: torch.Tensor, limit: int
     return "\n".join(lines)
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None, name: str = "output") -> None:
-    """Compare with per-dtype tolerances (scaled by the reference's magnitude)."""
+def assert_close(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    name: str = "output",
+    tolerance: dict[str, float] | None = None,
+) -> None:
+    """Compare with per-dtype tolerances (scaled by the reference's magnitude), or ``tolerance``."""
     if actual.shape != expected.shape:
         raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
-    tol = TOLERANCES[dtype or actual.dtype]
+    tol = tolerance or TOLERANCES[dtype or actual.dtype]
     a = actual.detach().double().cpu()
     e = expected.detach().double().cpu()
     if torch.isnan(a).any() and not torch.isnan(e).any():

@@ -7,7 +7,7 @@ from transformers import DynamicCache
 import tqgen.hf
 from tqgen.hf import CompressedDynamicCache, CompressedLayer, FullPrecisionLayer
 from tqgen.hf.testing_models import tiny_causal_lm
-from tqgen.testing import assert_close
+from tqgen.testing import LOGITS_TOLERANCE, assert_close
 
 PROMPT, NEW = 10, 4
 
@@ -71,7 +71,7 @@ def test_model_family(family, head_dim, heads, kv_heads, layers, device):
     cosines = [_cosine(f, r) for f, r in zip(fused, reference)]
     assert min(cosines) >= 0.99, cosines
     for step, (f, d) in enumerate(zip(fused, decompressed)):
-        assert_close(f, d, torch.float16, f"fused vs decompress+SDPA, step {step}")
+        assert_close(f, d, name=f"fused vs decompress+SDPA, step {step}", tolerance=LOGITS_TOLERANCE)
 
     tqgen.hf.uninstall_fused_tq4_kv(model)
     assert model.config._attn_implementation == "sdpa" and not cache.fused_mode
@@ -105,7 +105,7 @@ def test_chunked_prefill_and_multi_token_steps(device):
     fused = _step_logits(model, cache, tokens, chunks)
     assert [type(layer) for layer in cache.layers] == [FullPrecisionLayer, CompressedLayer]
     for step, (f, d) in enumerate(zip(fused, decompressed)):
-        assert_close(f, d, torch.float16, f"chunk {step}")
+        assert_close(f, d, name=f"chunk {step}", tolerance=LOGITS_TOLERANCE)
     tqgen.hf.uninstall_fused_tq4_kv(model)
 
 

@@ -99,12 +99,13 @@ def _args(device, head_dim=64, bits=4):
         (dict(out=torch.empty(1, 2, 3, 64, dtype=torch.int32)), "out must have dtype"),
         (dict(out=torch.empty(1, 2, 3, 66)), "packed must have shape"),
         (dict(out=torch.empty(1, 2, 3, 258)), "head_dim must be even and in"),
-        (dict(out=torch.empty(1, 2, 3, 128)[..., ::2]), "out must be contiguous in its last dim"),
+        (dict(out=lambda dev: torch.empty(1, 2, 3, 128, device=dev)[..., ::2]), "out must be contiguous in its last dim"),
     ],
 )
 def test_bad_arguments(device, change, match):
     args = _args(device)
-    args.update({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in change.items()})
+    # a callable builds its tensor on the device (.to() would make a strided tensor contiguous)
+    args.update({k: v(device) if callable(v) else v.to(device) if isinstance(v, torch.Tensor) else v for k, v in change.items()})
     with pytest.raises((ValueError, TypeError), match=match):
         decompress_into(**args)
 

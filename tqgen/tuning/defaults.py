@@ -31,8 +31,10 @@ def next_pow2(n: int) -> int:
 
 
 def _attention_smem(block_m: int, block_n: int, d_pad: int, stages: int) -> int:
-    """Rough shared-memory bytes: a K and a V tile per stage plus the Q tile, 2-byte elements."""
-    return stages * 2 * block_n * d_pad * 2 + block_m * d_pad * 2
+    """Shared-memory bytes, conservatively: K and V tiles per stage plus the Q tile, 2-byte
+    elements, doubled for Triton's layout-conversion buffers (D=256 with 3 stages asked for
+    256 KB on an H200, 2026-11-21)."""
+    return 2 * (stages * 2 * block_n * d_pad * 2 + block_m * d_pad * 2)
 
 
 def default_config(spec: VariantSpec, limits: ArchLimits) -> Config:
