@@ -13,7 +13,6 @@ config (tune cache or arch default), and launches.  It never benchmarks.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Literal, Union
 
@@ -23,8 +22,7 @@ from tqgen.compressed import CompressedTensor
 from tqgen.ops import attention as ops
 from tqgen.quant.packing import packed_width
 from tqgen.spec import MAX_GROUP, SUPPORTED_BITS, Family, VariantSpec
-from tqgen.tuning import config_for, current_arch, shape_bucket
-from tqgen.tuning.cache import register_invalidator
+from tqgen.tuning import launch_config, shape_bucket
 from tqgen.validation import (
     FLOAT_DTYPES,
     check_bits,
@@ -120,24 +118,6 @@ def _check_out(out: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return out
 
 
-# ----------------------------------------------------------------- lookups
-@functools.lru_cache(maxsize=None)
-def _device_info(device: torch.device) -> tuple[str, str | None]:
-    """(arch, GPU name) of a device; the GPU name picks its own tune-cache entry when present."""
-    arch = current_arch(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return arch, name
-
-
-@functools.lru_cache(maxsize=4096)
-def _config(spec: VariantSpec, device: torch.device, bucket: str) -> dict[str, int]:
-    arch, gpu = _device_info(device)
-    return config_for(spec, arch, bucket, gpu)
-
-
-register_invalidator(_config.cache_clear)  # the tuner's overrides must reach this memo
-
-
 # --------------------------------------------------------------- dispatcher
 def attention(
     q: torch.Tensor,
@@ -220,10 +200,10 @@ def attention(
     family = Family.ATTN_DECODE if decode else Family.ATTN_PREFILL
     rotate = k_bits is not None or v_bits is not None
     spec = VariantSpec(family, head_dim, k_bits, v_bits, group, is_causal, rotate)
-    config = _config(spec, q.device, shape_bucket(spec, n_q, n_kv, batch * kv_heads))
+    config = launch_config(spec, q.device, shape_bucket(spec, n_q, n_kv, batch * kv_heads))
     if not decode:
         return ops.prefill(spec, config, q, k, v, out, scale, mask)
-    reduce_config = _config(ops.reduce_spec(spec), q.device, "any")
+    reduce_config = launch_config(ops.reduce_spec(spec), q.device)
     return ops.decode(spec, config, reduce_config, q, k, v, out, scale, mask)
 
 

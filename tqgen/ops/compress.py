@@ -8,7 +8,7 @@ import triton
 from tqgen.codegen.loader import kernel
 from tqgen.quant.packing import packed_width
 from tqgen.spec import Family, VariantSpec
-from tqgen.tuning import config_for, current_arch
+from tqgen.tuning import launch_config
 from tqgen.validation import (
     FLOAT_DTYPES,
     check_bits,
@@ -69,7 +69,7 @@ def compress_into(
     rotation = rotation.to(torch.float32).contiguous()
     boundaries = boundaries.to(torch.float32).contiguous()
     spec = VariantSpec(Family.COMPRESS, head_dim, bits, rotate=True)
-    config = config_for(spec, current_arch(device))
+    config = launch_config(spec, device)
     block_t = config["BLOCK_T"]
     grid = (triton.cdiv(n_tokens, block_t), batch * heads)
     kernel(spec)[grid](

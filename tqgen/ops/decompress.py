@@ -8,7 +8,7 @@ import triton
 from tqgen.codegen.loader import kernel
 from tqgen.quant.packing import packed_width
 from tqgen.spec import Family, VariantSpec
-from tqgen.tuning import config_for, current_arch
+from tqgen.tuning import launch_config
 from tqgen.validation import (
     FLOAT_DTYPES,
     check_bits,
@@ -63,7 +63,7 @@ def decompress_into(
         return out
 
     spec = VariantSpec(Family.DECOMPRESS, head_dim, bits, rotate=not rotated)
-    config = config_for(spec, current_arch(device))
+    config = launch_config(spec, device)
     block_t = config["BLOCK_T"]
     centroids = centroids.to(torch.float32).contiguous()
     rotation_args = () if rotation is None else (rotation.to(torch.float32).contiguous(),)

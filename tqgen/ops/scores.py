@@ -14,7 +14,7 @@ import triton
 from tqgen.codegen.loader import kernel
 from tqgen.quant.packing import packed_width
 from tqgen.spec import MAX_GROUP, SUPPORTED_BITS, Family, VariantSpec
-from tqgen.tuning import config_for, current_arch
+from tqgen.tuning import launch_config
 from tqgen.validation import (
     FLOAT_DTYPES,
     check_head_dim,
@@ -94,7 +94,7 @@ def fused_qk_scores(
     q_rotated = check_last_dim_contiguous("q_rotated", q_rotated)
     centroids = centroids.to(torch.float32).contiguous()
     spec = VariantSpec(Family.SCORES, head_dim, bits, group=group)
-    config = config_for(spec, current_arch(device))
+    config = launch_config(spec, device)
     block_m, block_n = config["BLOCK_M"], config["BLOCK_N"]
     # Rows are (query position, head of the group) pairs: N_q * group of them per KV head.
     grid = (triton.cdiv(n_q * group, block_m), triton.cdiv(n_kv, block_n), batch * n_kv_heads)

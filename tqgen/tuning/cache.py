@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import torch
+
 from tqgen.paths import TUNE_CACHE_DIR
 from tqgen.spec import VariantSpec
-from tqgen.tuning.arch import check_arch
+from tqgen.tuning.arch import check_arch, current_arch
 from tqgen.tuning.defaults import Config, default_config
 
 
@@ -64,6 +66,7 @@ def register_invalidator(fn: Callable[[], None]) -> Callable[[], None]:
 def invalidate() -> None:
     """Forget every memoised config (the tune cache file and all registered dispatcher caches)."""
     _load.cache_clear()
+    launch_config.cache_clear()
     for fn in _INVALIDATORS:
         fn()
 
@@ -122,10 +125,6 @@ def local_gpu_name(arch: str) -> str | None:
     """This machine's GPU name when its arch is ``arch`` (the key of its own tuned entries)."""
     if arch == "cpu":
         return None
-    import torch
-
-    from tqgen.tuning.arch import current_arch
-
     if not torch.cuda.is_available() or current_arch() != arch:
         return None
     return torch.cuda.get_device_name()
@@ -154,6 +153,13 @@ def config_for(spec: VariantSpec, arch: str, bucket: str = "any", gpu_name: str 
         for seen in _RECORDERS:
             seen.append(Lookup(spec, arch, bucket, dict(config), forced is not None))
     return config
+
+
+@functools.lru_cache(maxsize=4096)
+def launch_config(spec: VariantSpec, device: torch.device, bucket: str = "any") -> Config:
+    """``config_for`` on ``device``'s arch, memoised for the launchers' hot path (cleared by
+    ``invalidate``, so overrides and rewritten cache files still reach it).  Do not mutate."""
+    return config_for(spec, current_arch(device), bucket)
 
 
 def configs_for(spec: VariantSpec, arch: str) -> dict[str, Config]:
