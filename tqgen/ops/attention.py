@@ -27,7 +27,7 @@ from tqgen.tuning.arch import ARCH_LIMITS
 KV = Union[torch.Tensor, CompressedTensor]
 
 LOG2E = 1.4426950408889634
-WAVES = 2  # decode splits until batch x kv_heads x splits covers this many waves of SMs
+WAVES = 2  # default SPLIT_WAVES: split until batch x kv_heads x splits covers this many waves of SMs
 REDUCE_ROWS = 16  # rows per decode_reduce program (tl.dot needs >= 16)
 
 
@@ -124,9 +124,9 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def max_splits(batch_heads: int, sms: int) -> int:
+def max_splits(batch_heads: int, sms: int, waves: int = WAVES) -> int:
     """The most splits the policy ever picks for ``batch_heads`` programs per split."""
-    return max(1, math.ceil(WAVES * sms / batch_heads))
+    return max(1, math.ceil(waves * sms / batch_heads))
 
 
 @dataclass(frozen=True)
@@ -136,10 +136,10 @@ class SplitPlan:
     capacity: int  # workspace slots per row (>= num_splits, independent of N_kv)
 
 
-def split_plan(batch_heads: int, n_kv: int, block_n: int, min_tokens: int, sms: int) -> SplitPlan:
-    """Split the KV sequence only until batch x kv_heads x splits fills ~WAVES waves of SMs,
+def split_plan(batch_heads: int, n_kv: int, block_n: int, min_tokens: int, sms: int, waves: int = WAVES) -> SplitPlan:
+    """Split the KV sequence only until batch x kv_heads x splits fills ~``waves`` waves of SMs,
     and never into pieces shorter than ``min_tokens`` keys (rounded up to BLOCK_N)."""
-    capacity = max_splits(batch_heads, sms)
+    capacity = max_splits(batch_heads, sms, waves)
     min_chunk = triton.cdiv(max(min_tokens, 1), block_n) * block_n
     splits = max(1, min(capacity, n_kv // min_chunk))
     per_split = triton.cdiv(triton.cdiv(max(n_kv, 1), splits), block_n) * block_n
@@ -186,7 +186,8 @@ def decode(
     batch, q_heads, n_q, head_dim = q.shape
     kv_heads, n_kv = k.shape[1], k.shape[2]
     block_n = config["BLOCK_N"]
-    plan = split_plan(batch * kv_heads, n_kv, block_n, config["SPLIT_MIN_TOKENS"], sm_count(q.device))
+    waves = config.get("SPLIT_WAVES", WAVES)  # tune caches written before the key existed lack it
+    plan = split_plan(batch * kv_heads, n_kv, block_n, config["SPLIT_MIN_TOKENS"], sm_count(q.device), waves)
     rows = batch * q_heads * n_q
     part_acc, part_m, part_l = workspace(q.device, rows, head_dim, plan.capacity)
     margs, has_mask, is_bool = mask_args(mask, q)

@@ -9,8 +9,9 @@ works on a machine without a GPU.  Rules (README "Tuning" repeats them):
   many pipeline stages (2-3) as fit the shared memory.  (Compressed V with
   BLOCK_M=128 and 8 warps gave NaN / an illegal address with Triton 3.6 on an
   H200, 2026-11-21: never a default, and the tuner skips it.)
-* decode: BLOCK_N = 64 keys per tile (32 for D > 128), 4 warps, 2 stages; each
-  split walks at least SPLIT_MIN_TOKENS keys.
+* decode: BLOCK_N = 64 keys per tile (32 for D > 128), 4 warps, 2 stages; the KV
+  sequence is split until batch x kv_heads x splits fills SPLIT_WAVES (2) waves of
+  SMs, and each split walks at least SPLIT_MIN_TOKENS (128) keys.
 * compress / decompress / scores: 32-64 token rows per program, 4 warps.
 * the interpreter (``cpu``): the largest blocks, because each interpreted tile
   iteration costs milliseconds.
@@ -44,7 +45,7 @@ def default_config(spec: VariantSpec, limits: ArchLimits) -> Config:
         if fam is Family.ATTN_PREFILL:
             return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
         if fam is Family.ATTN_DECODE:
-            return {"BLOCK_N": 64, "SPLIT_MIN_TOKENS": 64, "num_warps": 4, "num_stages": 1}
+            return {"BLOCK_N": 64, "SPLIT_MIN_TOKENS": 64, "SPLIT_WAVES": 2, "num_warps": 4, "num_stages": 1}
         if fam is Family.SCORES:
             return {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
         if fam is Family.DECODE_REDUCE:
@@ -61,7 +62,7 @@ def default_config(spec: VariantSpec, limits: ArchLimits) -> Config:
         return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": 8 if big else 4, "num_stages": stages}
     if fam is Family.ATTN_DECODE:
         block_n = 64 if d_pad <= 128 else 32
-        return {"BLOCK_N": block_n, "SPLIT_MIN_TOKENS": 128, "num_warps": 4, "num_stages": 2}
+        return {"BLOCK_N": block_n, "SPLIT_MIN_TOKENS": 128, "SPLIT_WAVES": 2, "num_warps": 4, "num_stages": 2}
     if fam is Family.SCORES:
         return {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
     if fam is Family.DECODE_REDUCE:

@@ -15,7 +15,7 @@ For each problem (one op at a representative shape) the tuner
    ``tune_cache/<arch>.json`` (atomically, under this GPU's name).
 
 Decode is searched in two stages: the tile (BLOCK_N, warps, stages), then the split policy
-(SPLIT_MIN_TOKENS) for the best tile.  Everything runs under a wall-clock budget
+(SPLIT_MIN_TOKENS, SPLIT_WAVES) for the best tile.  Everything runs under a wall-clock budget
 (``--quick``: a handful of candidates, ~2-3 minutes on an H100; ``TQGEN_TUNE_BUDGET_S``
 overrides); each finished entry is written at once, so an interrupted run keeps its work.
 """
@@ -241,6 +241,7 @@ _FULL_AXES = {
     Family.COMPRESS: ((16, 32, 64, 128, 256), (1, 2, 4, 8), (1, 2)),
 }
 SPLIT_CHOICES = {True: (64, 256, 512), False: (32, 64, 256, 512, 1024, 2048)}
+WAVE_CHOICES = {True: (2, 8), False: (1, 2, 4, 8, 16)}
 
 
 def tile_candidates(spec: VariantSpec, default: Config, quick: bool) -> list[Config]:
@@ -253,10 +254,12 @@ def tile_candidates(spec: VariantSpec, default: Config, quick: bool) -> list[Con
 
 
 def split_candidates(best: Config, quick: bool) -> list[Config]:
-    """Decode's second stage: the split policy, with the best tile fixed."""
+    """Decode's second stage: the split policy (minimum keys per split, waves of SMs to fill),
+    with the best tile fixed."""
     if "SPLIT_MIN_TOKENS" not in best:
         return []
-    return [{**best, "SPLIT_MIN_TOKENS": s} for s in SPLIT_CHOICES[quick] if s != best["SPLIT_MIN_TOKENS"]]
+    policies = itertools.product(SPLIT_CHOICES[quick], WAVE_CHOICES[quick])
+    return _dedupe([{**best, "SPLIT_MIN_TOKENS": s, "SPLIT_WAVES": w} for s, w in policies])
 
 
 def _dedupe(configs: list[Config]) -> list[Config]:
