@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import torch
-import triton
 
 from tqgen.codegen.context import next_pow2
 from tqgen.codegen.loader import kernel
 from tqgen.compressed import CompressedTensor
+from tqgen.ops import cdiv
 from tqgen.spec import Family, VariantSpec
 from tqgen.tuning.arch import ARCH_LIMITS
 
@@ -98,7 +98,7 @@ def prefill(
     block_m = config["BLOCK_M"]
     margs, has_mask, is_bool = mask_args(mask, q)
     pi = [rotation_of(k, v)] if spec.rotate else []
-    grid = (triton.cdiv(n_q * spec.group, block_m), batch * kv_heads)
+    grid = (cdiv(n_q * spec.group, block_m), batch * kv_heads)
     kernel(spec)[grid](
         q, *q.stride(),
         *operand_args(k, q.dtype),
@@ -140,10 +140,10 @@ def split_plan(batch_heads: int, n_kv: int, block_n: int, min_tokens: int, sms: 
     """Split the KV sequence only until batch x kv_heads x splits fills ~``waves`` waves of SMs,
     and never into pieces shorter than ``min_tokens`` keys (rounded up to BLOCK_N)."""
     capacity = max_splits(batch_heads, sms, waves)
-    min_chunk = triton.cdiv(max(min_tokens, 1), block_n) * block_n
+    min_chunk = cdiv(max(min_tokens, 1), block_n) * block_n
     splits = max(1, min(capacity, n_kv // min_chunk))
-    per_split = triton.cdiv(triton.cdiv(max(n_kv, 1), splits), block_n) * block_n
-    return SplitPlan(triton.cdiv(max(n_kv, 1), per_split), per_split, capacity)
+    per_split = cdiv(cdiv(max(n_kv, 1), splits), block_n) * block_n
+    return SplitPlan(cdiv(max(n_kv, 1), per_split), per_split, capacity)
 
 
 _WORKSPACE: dict[tuple[torch.device, int, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -207,7 +207,7 @@ def decode(
         num_warps=config["num_warps"], num_stages=config["num_stages"],
     )  # fmt: skip
     reduce = reduce_spec(spec)
-    kernel(reduce)[(triton.cdiv(rows, REDUCE_ROWS),)](
+    kernel(reduce)[(cdiv(rows, REDUCE_ROWS),)](
         part_acc, part_m, part_l, plan.capacity, plan.num_splits,
         out, *out.stride(),
         *([pi] if reduce.rotate else []),

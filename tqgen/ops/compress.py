@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import triton
 
 from tqgen.codegen.loader import kernel
 from tqgen.quant.packing import packed_width
 from tqgen.spec import Family, VariantSpec
+from tqgen.ops import cdiv
 from tqgen.tuning import launch_config
 from tqgen.validation import (
     FLOAT_DTYPES,
@@ -71,7 +71,7 @@ def compress_into(
     spec = VariantSpec(Family.COMPRESS, head_dim, bits, rotate=True)
     config = launch_config(spec, device)
     block_t = config["BLOCK_T"]
-    grid = (triton.cdiv(n_tokens, block_t), batch * heads)
+    grid = (cdiv(n_tokens, block_t), batch * heads)
     kernel(spec)[grid](
         x, x.stride(0), x.stride(1), x.stride(2),
         rotation,

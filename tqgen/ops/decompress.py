@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import triton
 
 from tqgen.codegen.loader import kernel
 from tqgen.quant.packing import packed_width
 from tqgen.spec import Family, VariantSpec
+from tqgen.ops import cdiv
 from tqgen.tuning import launch_config
 from tqgen.validation import (
     FLOAT_DTYPES,
@@ -67,7 +67,7 @@ def decompress_into(
     block_t = config["BLOCK_T"]
     centroids = centroids.to(torch.float32).contiguous()
     rotation_args = () if rotation is None else (rotation.to(torch.float32).contiguous(),)
-    grid = (triton.cdiv(n_tokens, block_t), batch * heads)
+    grid = (cdiv(n_tokens, block_t), batch * heads)
     kernel(spec)[grid](
         packed, packed.stride(0), packed.stride(1), packed.stride(2),
         norms, norms.stride(0), norms.stride(1), norms.stride(2),

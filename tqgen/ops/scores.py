@@ -9,11 +9,11 @@ positions and reads every key tile once per GQA group.
 from __future__ import annotations
 
 import torch
-import triton
 
 from tqgen.codegen.loader import kernel
 from tqgen.quant.packing import packed_width
 from tqgen.spec import MAX_GROUP, SUPPORTED_BITS, Family, VariantSpec
+from tqgen.ops import cdiv
 from tqgen.tuning import launch_config
 from tqgen.validation import (
     FLOAT_DTYPES,
@@ -97,7 +97,7 @@ def fused_qk_scores(
     config = launch_config(spec, device)
     block_m, block_n = config["BLOCK_M"], config["BLOCK_N"]
     # Rows are (query position, head of the group) pairs: N_q * group of them per KV head.
-    grid = (triton.cdiv(n_q * group, block_m), triton.cdiv(n_kv, block_n), batch * n_kv_heads)
+    grid = (cdiv(n_q * group, block_m), cdiv(n_kv, block_n), batch * n_kv_heads)
     kernel(spec)[grid](
         q_rotated, q_rotated.stride(0), q_rotated.stride(1), q_rotated.stride(2),
         packed_indices, packed_indices.stride(0), packed_indices.stride(1), packed_indices.stride(2),
