@@ -74,14 +74,18 @@ def test_compress_suite_tiny(ctx):
 
 def test_e2e_suite_tiny(ctx):
     shape = e2e.ModelShape(hidden=128, layers=2, q_heads=4, kv_heads=1, head_dim=64, intermediate=256, vocab=256)
-    result = e2e.run(ctx, [e2e.E2ECase(2, 60, 2, warmup=1)], shape=shape)
+    case = e2e.E2ECase(2, 60, 2, warmup=1, rounds=2)
+    result = e2e.run(ctx, [case], shape=shape)
     base, ours = result["rows"]
     assert base["impl"] == "sdpa+DynamicCache" and ours["impl"] == "tqgen K4V4"
     assert base["error"] is None and ours["error"] is None, (base["error"], ours["error"])
     assert ours["kv_cache_gib"] < base["kv_cache_gib"]
     assert ours["tokens_per_s"] > 0 and ours["vs_sdpa"] > 0 and ours["finite_logits"]
     assert ours["logits_cos_vs_sdpa"] > 0.95  # same K/V and tokens: only the 4-bit error differs
-    assert "first_logits" not in ours
+    assert "first_logits" not in ours and "first_logits" not in base
+    for row in (base, ours):  # alternating rounds, tokens/s from the median step
+        assert row["steps"] == 4 and len(row["ms_per_step_rounds"]) == 2
+        assert math.isclose(row["tokens_per_s"], 2 / (row["ms_per_step"] / 1e3))
 
 
 def test_time_sdpa_picks_the_fastest_backend(device):

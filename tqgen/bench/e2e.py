@@ -12,12 +12,14 @@ prefill, not the decode, and take longer than the whole suite).  The context sta
 
 Compared, at batch 1 and 8: torch SDPA with transformers' ``DynamicCache`` (fp16), and
 ``tqgen.hf.enable(model, 4, 4)`` (compressed cache read by the fused kernels).  Reported:
-decode tokens/s, KV-cache bytes, and peak device memory during fill + decode.
+decode tokens/s (median step over alternating rounds), KV-cache bytes, and peak device
+memory during each implementation's fill + warm-up.
 """
 
 from __future__ import annotations
 
 import gc
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,13 +29,17 @@ import torch
 from tqgen.bench.common import BenchContext, captured, sync
 
 GIB = 2**30
+SDPA, TQGEN = "sdpa+DynamicCache", "tqgen K4V4"
 CONTEXT = 32768 - 64  # + warmup + timed steps stays <= 32768 (the tuned kv32768 bucket)
 NOTES = (
     "Random weights with Llama-3-8B's shapes, fp16. Caches filled directly with random K/V "
-    "(one update per layer) instead of a 32K prefill; decode is greedy, timed over whole "
-    "forward steps (host clock after a device sync). kv_cache_gib: cache-owned bytes; "
-    "peak_gib: peak allocated during fill + decode, weights included. logits_cos_vs_sdpa: "
-    "cosine of the first decode step's logits against the fp16 cache (same K/V, same token)."
+    "(one update per layer) instead of a 32K prefill. Both caches stay alive and the two "
+    "implementations decode greedily in alternating rounds (the first to go swaps each round); "
+    "each step (forward + argmax) is timed by host clock between device syncs, and tokens/s "
+    "comes from the median step. kv_cache_gib: cache-owned bytes; peak_gib: peak allocated "
+    "during this implementation's fill + warm-up, weights included, the other's cache excluded. "
+    "logits_cos_vs_sdpa: cosine of the first decode step's logits against the fp16 cache "
+    "(same K/V, same token)."
 )
 
 
@@ -55,17 +61,23 @@ LLAMA3_8B = ModelShape()
 class E2ECase:
     batch: int
     context: int
-    steps: int
+    steps: int  # timed decode steps per implementation and round
     warmup: int = 2
+    rounds: int = 3  # the two implementations alternate, ``rounds`` times each
 
     @property
     def name(self) -> str:
         return f"B={self.batch} ctx={self.context}"
 
+    @property
+    def tokens_after(self) -> int:
+        """Cache length at the end: context + warmup + every timed step."""
+        return self.context + self.warmup + self.steps * self.rounds
+
 
 def cases(quick: bool = False) -> list[E2ECase]:
-    steps = 8 if quick else 24
-    return [E2ECase(1, CONTEXT, steps), E2ECase(8, CONTEXT, steps)]
+    steps, rounds = (8, 2) if quick else (16, 3)
+    return [E2ECase(1, CONTEXT, steps, rounds=rounds), E2ECase(8, CONTEXT, steps, rounds=rounds)]
 
 
 def build_model(shape: ModelShape, device: torch.device, dtype: torch.dtype = torch.float16):
@@ -102,21 +114,22 @@ def _fill(cache, shape: ModelShape, batch: int, context: int, device, dtype) -> 
         del k, v
 
 
-def _decode(model, cache, batch: int, steps: int, vocab: int, device) -> tuple[float, torch.Tensor]:
-    """Greedy decode ``steps`` tokens from fixed first tokens; returns (seconds, first step's logits)."""
-    gen = torch.Generator(device=device).manual_seed(1)
-    tokens = torch.randint(0, vocab, (batch, 1), device=device, generator=gen)
-    sync()
-    start = time.perf_counter()
+def _decode(model, cache, tokens: torch.Tensor, steps: int) -> tuple[list[float], torch.Tensor, torch.Tensor]:
+    """Greedy decode ``steps`` tokens after ``tokens``; returns (seconds of each step, the first
+    step's logits, the last tokens).  Each step is one forward + argmax between two device syncs."""
+    times: list[float] = []
     first = None
     with torch.inference_mode():
         for _ in range(steps):
+            sync()
+            start = time.perf_counter()
             logits = model(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
             tokens = logits[:, -1:].argmax(-1)
+            sync()
+            times.append(time.perf_counter() - start)
             if first is None:
                 first = logits[:, -1]
-    sync()
-    return time.perf_counter() - start, first
+    return times, first, tokens
 
 
 def _kv_bytes(cache) -> int:
@@ -130,50 +143,107 @@ def _kv_bytes(cache) -> int:
     return total
 
 
-def _run_one(ctx: BenchContext, model, shape: ModelShape, case: E2ECase, impl: str,
-             reference_logits: torch.Tensor | None = None) -> dict[str, Any]:
+@dataclass
+class _Contender:
+    """One implementation under test: its cache, its token stream and its row."""
+
+    impl: str
+    cache: Any
+    tokens: torch.Tensor
+    row: dict[str, Any]
+    times: list[float]
+
+
+def _prepare(ctx: BenchContext, model, shape: ModelShape, case: E2ECase, impl: str,
+             weights: int, reference: torch.Tensor | None) -> _Contender:
+    """Build and fill ``impl``'s cache, run the warm-up steps; measures cache bytes and the peak
+    memory of this phase (minus what the other contender already holds)."""
     import tqgen.hf
     from transformers import DynamicCache
 
     row: dict[str, Any] = {"suite": "e2e", "case": case.name, "impl": impl, "B": case.batch,
-                           "N_kv": case.context, "steps": case.steps, "error": None}
+                           "N_kv": case.context, "steps": case.steps * case.rounds, "error": None}
     dev, dtype = ctx.device, next(model.parameters()).dtype
-    with captured(row):
+    if ctx.on_gpu:
+        torch.cuda.reset_peak_memory_stats(dev)
+        held_by_others = torch.cuda.memory_allocated(dev) - weights
+    if impl == SDPA:
+        tqgen.hf.uninstall_fused_tq4_kv(model)
+        cache = DynamicCache(config=model.config)
+    else:
+        cache = tqgen.hf.enable(model, 4, 4, initial_capacity=case.tokens_after)
+    _fill(cache, shape, case.batch, case.context, dev, dtype)
+    sync()
+    row["kv_cache_gib"] = _kv_bytes(cache) / GIB
+    gen = torch.Generator(device=dev).manual_seed(1)
+    tokens = torch.randint(0, shape.vocab, (case.batch, 1), device=dev, generator=gen)
+    _, first, tokens = _decode(model, cache, tokens, case.warmup)
+    row["finite_logits"] = bool(torch.isfinite(first).all())
+    if reference is None:
+        row["first_logits"] = first.float()  # popped by run(); compares the two caches
+    else:
+        cos = torch.nn.functional.cosine_similarity(first.float(), reference, dim=-1)
+        row["logits_cos_vs_sdpa"] = float(cos.min())
+    if ctx.on_gpu:
+        row["peak_gib"] = (torch.cuda.max_memory_allocated(dev) - held_by_others) / GIB
+    return _Contender(impl, cache, tokens, row, [])
+
+
+def _time_rounds(model, case: E2ECase, contenders: list[_Contender]) -> None:
+    """Alternate the contenders ``case.rounds`` times (the first to go swaps every round), so
+    clock and host drift hit both alike; each records its per-step times."""
+    import tqgen.hf
+
+    for r in range(case.rounds):
+        for c in contenders if r % 2 == 0 else contenders[::-1]:
+            if c.impl == SDPA:
+                tqgen.hf.uninstall_fused_tq4_kv(model)
+            else:
+                tqgen.hf.install_fused_tq4_kv(model, c.cache)
+            times, _, c.tokens = _decode(model, c.cache, c.tokens, case.steps)
+            c.times += times
+    tqgen.hf.uninstall_fused_tq4_kv(model)
+
+
+def _summarise(c: _Contender, case: E2ECase) -> dict[str, Any]:
+    """tokens/s from the median step (robust to the odd slow step), plus the spread."""
+    times = sorted(c.times)
+    median = statistics.median(times)
+    per_round = [statistics.median(c.times[i:i + case.steps]) for i in range(0, len(c.times), case.steps)]
+    c.row.update(s=sum(times), ms_per_step=1e3 * median, ms_per_step_mean=1e3 * statistics.fmean(times),
+                 ms_per_step_rounds=[round(1e3 * t, 3) for t in per_round],
+                 tokens_per_s=case.batch / median)
+    return c.row
+
+
+def _run_case(ctx: BenchContext, model, shape: ModelShape, case: E2ECase, weights: int) -> list[dict[str, Any]]:
+    contenders: list[_Contender] = []
+    rows: list[dict[str, Any]] = []
+    try:
+        for impl in (SDPA, TQGEN):
+            ctx.log(f"e2e {case.name} {impl}: fill + warm-up")
+            reference = contenders[0].row.get("first_logits") if contenders else None
+            failed = {"suite": "e2e", "case": case.name, "impl": impl, "error": None}
+            with captured(failed):
+                contenders.append(_prepare(ctx, model, shape, case, impl, weights, reference))
+            if failed["error"] is not None:
+                return rows + [c.row for c in contenders] + [failed]
+        ctx.log(f"e2e {case.name}: {case.rounds} alternating rounds of {case.steps} steps")
+        timing = {"suite": "e2e", "case": case.name, "impl": "-", "error": None}
+        with captured(timing):
+            _time_rounds(model, case, contenders)
+        if timing["error"] is not None:
+            return [c.row for c in contenders] + [timing]
+        rows = [_summarise(c, case) for c in contenders]
+        rows[1]["vs_sdpa"] = _speedup(rows[0], rows[1])
+        return rows
+    finally:
+        for row in rows or [c.row for c in contenders]:
+            row.pop("first_logits", None)
+        contenders.clear()
         gc.collect()
         if ctx.on_gpu:
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(dev)
-            before = torch.cuda.memory_allocated(dev)
-        if impl == "sdpa+DynamicCache":
-            cache = DynamicCache(config=model.config)
-        else:
-            total = case.context + case.warmup + case.steps
-            cache = tqgen.hf.enable(model, 4, 4, initial_capacity=total)
-        try:
-            _fill(cache, shape, case.batch, case.context, dev, dtype)
-            sync()
-            row["kv_cache_gib"] = _kv_bytes(cache) / GIB
-            if ctx.on_gpu:
-                row["kv_allocated_gib"] = (torch.cuda.memory_allocated(dev) - before) / GIB
-            _, first = _decode(model, cache, case.batch, case.warmup, shape.vocab, dev)
-            row["first_logits"] = first.float()  # popped by run(); compares the two caches
-            if reference_logits is not None:
-                cos = torch.nn.functional.cosine_similarity(first.float(), reference_logits, dim=-1)
-                row["logits_cos_vs_sdpa"] = float(cos.min())
-            seconds, _ = _decode(model, cache, case.batch, case.steps, shape.vocab, dev)
-            row.update(s=seconds, ms_per_step=1e3 * seconds / case.steps,
-                       tokens_per_s=case.batch * case.steps / seconds,
-                       finite_logits=bool(torch.isfinite(first).all()))
-            if ctx.on_gpu:
-                row["peak_gib"] = torch.cuda.max_memory_allocated(dev) / GIB
-        finally:
-            if impl != "sdpa+DynamicCache":
-                tqgen.hf.uninstall_fused_tq4_kv(model)
-            del cache
-            gc.collect()
-            if ctx.on_gpu:
-                torch.cuda.empty_cache()
-    return row
 
 
 def run(ctx: BenchContext, selected: list[E2ECase] | None = None, shape: ModelShape = LLAMA3_8B) -> dict[str, Any]:
@@ -190,19 +260,13 @@ def run(ctx: BenchContext, selected: list[E2ECase] | None = None, shape: ModelSh
                 f"built in {build['s']:.1f} s")
     if model is None:
         return {"rows": [build]}
+    weights = torch.cuda.memory_allocated(ctx.device) if ctx.on_gpu else 0
     for case in selected:
-        pair = []
-        for impl in ("sdpa+DynamicCache", "tqgen K4V4"):
-            if ctx.deadline.expired():
-                pair.append({"suite": "e2e", "case": case.name, "impl": impl, "error": "skipped: suite time budget spent"})
-                continue
-            ctx.log(f"e2e {case.name} {impl}")
-            reference = pair[0].get("first_logits") if pair else None
-            pair.append(_run_one(ctx, model, shape, case, impl, reference))
-        pair[1]["vs_sdpa"] = _speedup(pair[0], pair[1])
-        for row in pair:
-            row.pop("first_logits", None)
-        rows += pair
+        if ctx.deadline.expired():
+            rows += [{"suite": "e2e", "case": case.name, "impl": impl, "error": "skipped: suite time budget spent"}
+                     for impl in (SDPA, TQGEN)]
+            continue
+        rows += _run_case(ctx, model, shape, case, weights)
     del model
     gc.collect()
     if ctx.on_gpu:
