@@ -83,7 +83,7 @@ def test_e2e_suite_tiny(ctx):
     assert ours["tokens_per_s"] > 0 and ours["vs_sdpa"] > 0 and ours["finite_logits"]
     assert ours["logits_cos_vs_sdpa"] > 0.95  # same K/V and tokens: only the 4-bit error differs
     assert "first_logits" not in ours and "first_logits" not in base
-    for row in (base, ours):  # alternating rounds, tokens/s from the median step
+    for row in (base, ours):  # alternating rounds, tokens/s from the median round
         assert row["steps"] == 4 and len(row["ms_per_step_rounds"]) == 2
         assert math.isclose(row["tokens_per_s"], 2 / (row["ms_per_step"] / 1e3))
 
