@@ -201,7 +201,6 @@ def _time_rounds(model, case: E2ECase, contenders: list[_Contender]) -> None:
                 tqgen.hf.install_fused_tq4_kv(model, c.cache)
             step_s, _, c.tokens = _decode(model, c.cache, c.tokens, case.steps)
             c.round_step_s.append(step_s)
-    tqgen.hf.uninstall_fused_tq4_kv(model)
 
 
 def _summarise(c: _Contender, case: E2ECase) -> dict[str, Any]:
@@ -214,8 +213,11 @@ def _summarise(c: _Contender, case: E2ECase) -> dict[str, Any]:
 
 
 def _run_case(ctx: BenchContext, model, shape: ModelShape, case: E2ECase, weights: int) -> list[dict[str, Any]]:
+    """Both contenders' rows for ``case`` (plus the failing step's, if one fails); the model
+    leaves with its own attention back and no cache held."""
+    import tqgen.hf
+
     contenders: list[_Contender] = []
-    rows: list[dict[str, Any]] = []
     try:
         for impl in (SDPA, TQGEN):
             ctx.log(f"e2e {case.name} {impl}: fill + warm-up")
@@ -224,7 +226,7 @@ def _run_case(ctx: BenchContext, model, shape: ModelShape, case: E2ECase, weight
             with captured(failed):
                 contenders.append(_prepare(ctx, model, shape, case, impl, weights, reference))
             if failed["error"] is not None:
-                return rows + [c.row for c in contenders] + [failed]
+                return [c.row for c in contenders] + [failed]
         ctx.log(f"e2e {case.name}: {case.rounds} alternating rounds of {case.steps} steps")
         timing = {"suite": "e2e", "case": case.name, "impl": "-", "error": None}
         with captured(timing):
@@ -235,8 +237,9 @@ def _run_case(ctx: BenchContext, model, shape: ModelShape, case: E2ECase, weight
         rows[1]["vs_sdpa"] = _speedup(rows[0], rows[1])
         return rows
     finally:
-        for row in rows or [c.row for c in contenders]:
-            row.pop("first_logits", None)
+        tqgen.hf.uninstall_fused_tq4_kv(model)
+        for c in contenders:  # the returned rows are these dicts
+            c.row.pop("first_logits", None)
         contenders.clear()
         gc.collect()
         if ctx.on_gpu:
