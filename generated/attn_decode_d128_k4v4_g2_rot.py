@@ -96,7 +96,11 @@ def attn_decode_kernel(
             if MASK_IS_BOOL:
                 s = tl.where(mask_tile != 0, s, float("-inf"))
             else:
-                s += mask_tile.to(tl.float32) * LOG2E
+                mask_f = mask_tile.to(tl.float32)
+                mask_abs = tl.abs(mask_f)
+                mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
+                mask_log2 = mask_sat * LOG2E + (mask_abs - mask_sat) * 0.5
+                s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
 
         # Online softmax in base 2: rescale what was accumulated by 2^(m_old - m_new).
         # A row that has seen no visible key yet keeps m = -inf and contributes p = 0.
@@ -107,14 +111,18 @@ def attn_decode_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
 
-        # P @ (n_v * c[codes]): fold the value norms into P and keep one accumulator per
-        # plane of V (coordinates 2*j + k of the rotated space).
+        # P @ (n_v * c[codes]), one accumulator per plane of V (coordinates 2*j + k of
+        # the rotated space).  The norms are folded into P relative to the tile's largest, so P
+        # stays in [0, 1] when cast to Q's dtype (p * n_v itself may overflow fp16); the tile's
+        # dot is scaled back by that largest norm in fp32.
         v_norm = tl.load(vn_base + cols * stride_vnn)
-        p_v = (p * v_norm[None, :]).to(dtype)
+        v_max = tl.max(v_norm, 0)
+        v_max = tl.where(v_max > 0.0, v_max, 1.0)
+        p_v = (p * (v_norm / v_max)[None, :]).to(dtype)
         v_ptrs = v_base + cols[:, None] * stride_vn + vj[None, :]
         v_bytes = tl.load(v_ptrs).to(tl.int32)
-        acc0 = tl.dot(p_v, tl.load(V_centroids + (v_bytes >> 4)), acc0 * alpha[:, None])
-        acc1 = tl.dot(p_v, tl.load(V_centroids + (v_bytes & 0xF)), acc1 * alpha[:, None])
+        acc0 = acc0 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (v_bytes >> 4))) * v_max
+        acc1 = acc1 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (v_bytes & 0xF))) * v_max
 
     # -- boundary tiles: the end of the range
     for start_n in range(kv_mid, kv_hi, BLOCK_N):
@@ -136,7 +144,11 @@ def attn_decode_kernel(
             if MASK_IS_BOOL:
                 visible = visible & (mask_tile != 0)
             else:
-                s += mask_tile.to(tl.float32) * LOG2E
+                mask_f = mask_tile.to(tl.float32)
+                mask_abs = tl.abs(mask_f)
+                mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
+                mask_log2 = mask_sat * LOG2E + (mask_abs - mask_sat) * 0.5
+                s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
         s = tl.where(visible, s, float("-inf"))
 
         # Online softmax in base 2: rescale what was accumulated by 2^(m_old - m_new).
@@ -148,14 +160,18 @@ def attn_decode_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
 
-        # P @ (n_v * c[codes]): fold the value norms into P and keep one accumulator per
-        # plane of V (coordinates 2*j + k of the rotated space).
+        # P @ (n_v * c[codes]), one accumulator per plane of V (coordinates 2*j + k of
+        # the rotated space).  The norms are folded into P relative to the tile's largest, so P
+        # stays in [0, 1] when cast to Q's dtype (p * n_v itself may overflow fp16); the tile's
+        # dot is scaled back by that largest norm in fp32.
         v_norm = tl.load(vn_base + cols * stride_vnn, mask=col_ok, other=0.0)
-        p_v = (p * v_norm[None, :]).to(dtype)
+        v_max = tl.max(v_norm, 0)
+        v_max = tl.where(v_max > 0.0, v_max, 1.0)
+        p_v = (p * (v_norm / v_max)[None, :]).to(dtype)
         v_ptrs = v_base + cols[:, None] * stride_vn + vj[None, :]
         v_bytes = tl.load(v_ptrs, mask=col_ok[:, None], other=0).to(tl.int32)
-        acc0 = tl.dot(p_v, tl.load(V_centroids + (v_bytes >> 4)), acc0 * alpha[:, None])
-        acc1 = tl.dot(p_v, tl.load(V_centroids + (v_bytes & 0xF)), acc1 * alpha[:, None])
+        acc0 = acc0 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (v_bytes >> 4))) * v_max
+        acc1 = acc1 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (v_bytes & 0xF))) * v_max
 
     # -- epilogue
     # Partials for the log-sum-exp merge (decode_reduce): row max m (base 2), sum l and

@@ -120,7 +120,11 @@ def attn_prefill_kernel(
             if MASK_IS_BOOL:
                 s = tl.where(mask_tile != 0, s, float("-inf"))
             else:
-                s += mask_tile.to(tl.float32) * LOG2E
+                mask_f = mask_tile.to(tl.float32)
+                mask_abs = tl.abs(mask_f)
+                mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
+                mask_log2 = mask_sat * LOG2E + (mask_abs - mask_sat) * 0.5
+                s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
 
         # Online softmax in base 2: rescale what was accumulated by 2^(m_old - m_new).
         # A row that has seen no visible key yet keeps m = -inf and contributes p = 0.
@@ -131,22 +135,26 @@ def attn_prefill_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
 
-        # P @ (n_v * c[codes]): fold the value norms into P and keep one accumulator per
-        # plane of V (coordinates 8*j + k of the rotated space).
+        # P @ (n_v * c[codes]), one accumulator per plane of V (coordinates 8*j + k of
+        # the rotated space).  The norms are folded into P relative to the tile's largest, so P
+        # stays in [0, 1] when cast to Q's dtype (p * n_v itself may overflow fp16); the tile's
+        # dot is scaled back by that largest norm in fp32.
         v_norm = tl.load(vn_base + cols * stride_vnn)
-        p_v = (p * v_norm[None, :]).to(dtype)
+        v_max = tl.max(v_norm, 0)
+        v_max = tl.where(v_max > 0.0, v_max, 1.0)
+        p_v = (p * (v_norm / v_max)[None, :]).to(dtype)
         v_ptrs = v_base + cols[:, None] * stride_vn + vj[None, :]
         v_bits0 = tl.load(v_ptrs, mask=(vj < 4)[None, :], other=0).to(tl.int32)
         v_bits1 = tl.load(v_ptrs + 4, mask=(vj < 4)[None, :], other=0).to(tl.int32)
         v_bits2 = tl.load(v_ptrs + 8, mask=(vj < 4)[None, :], other=0).to(tl.int32)
-        acc0 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 7) & 1) | (((v_bits1 >> 7) & 1) << 1) | (((v_bits2 >> 7) & 1) << 2))), acc0 * alpha[:, None])
-        acc1 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 6) & 1) | (((v_bits1 >> 6) & 1) << 1) | (((v_bits2 >> 6) & 1) << 2))), acc1 * alpha[:, None])
-        acc2 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 5) & 1) | (((v_bits1 >> 5) & 1) << 1) | (((v_bits2 >> 5) & 1) << 2))), acc2 * alpha[:, None])
-        acc3 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 4) & 1) | (((v_bits1 >> 4) & 1) << 1) | (((v_bits2 >> 4) & 1) << 2))), acc3 * alpha[:, None])
-        acc4 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 3) & 1) | (((v_bits1 >> 3) & 1) << 1) | (((v_bits2 >> 3) & 1) << 2))), acc4 * alpha[:, None])
-        acc5 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 2) & 1) | (((v_bits1 >> 2) & 1) << 1) | (((v_bits2 >> 2) & 1) << 2))), acc5 * alpha[:, None])
-        acc6 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 1) & 1) | (((v_bits1 >> 1) & 1) << 1) | (((v_bits2 >> 1) & 1) << 2))), acc6 * alpha[:, None])
-        acc7 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 0) & 1) | (((v_bits1 >> 0) & 1) << 1) | (((v_bits2 >> 0) & 1) << 2))), acc7 * alpha[:, None])
+        acc0 = acc0 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 7) & 1) | (((v_bits1 >> 7) & 1) << 1) | (((v_bits2 >> 7) & 1) << 2)))) * v_max
+        acc1 = acc1 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 6) & 1) | (((v_bits1 >> 6) & 1) << 1) | (((v_bits2 >> 6) & 1) << 2)))) * v_max
+        acc2 = acc2 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 5) & 1) | (((v_bits1 >> 5) & 1) << 1) | (((v_bits2 >> 5) & 1) << 2)))) * v_max
+        acc3 = acc3 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 4) & 1) | (((v_bits1 >> 4) & 1) << 1) | (((v_bits2 >> 4) & 1) << 2)))) * v_max
+        acc4 = acc4 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 3) & 1) | (((v_bits1 >> 3) & 1) << 1) | (((v_bits2 >> 3) & 1) << 2)))) * v_max
+        acc5 = acc5 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 2) & 1) | (((v_bits1 >> 2) & 1) << 1) | (((v_bits2 >> 2) & 1) << 2)))) * v_max
+        acc6 = acc6 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 1) & 1) | (((v_bits1 >> 1) & 1) << 1) | (((v_bits2 >> 1) & 1) << 2)))) * v_max
+        acc7 = acc7 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 0) & 1) | (((v_bits1 >> 0) & 1) << 1) | (((v_bits2 >> 0) & 1) << 2)))) * v_max
 
     # -- boundary tiles: the end of the range
     for start_n in range(kv_mid, kv_hi, BLOCK_N):
@@ -176,7 +184,11 @@ def attn_prefill_kernel(
             if MASK_IS_BOOL:
                 visible = visible & (mask_tile != 0)
             else:
-                s += mask_tile.to(tl.float32) * LOG2E
+                mask_f = mask_tile.to(tl.float32)
+                mask_abs = tl.abs(mask_f)
+                mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
+                mask_log2 = mask_sat * LOG2E + (mask_abs - mask_sat) * 0.5
+                s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
         s = tl.where(visible, s, float("-inf"))
 
         # Online softmax in base 2: rescale what was accumulated by 2^(m_old - m_new).
@@ -188,42 +200,60 @@ def attn_prefill_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
 
-        # P @ (n_v * c[codes]): fold the value norms into P and keep one accumulator per
-        # plane of V (coordinates 8*j + k of the rotated space).
+        # P @ (n_v * c[codes]), one accumulator per plane of V (coordinates 8*j + k of
+        # the rotated space).  The norms are folded into P relative to the tile's largest, so P
+        # stays in [0, 1] when cast to Q's dtype (p * n_v itself may overflow fp16); the tile's
+        # dot is scaled back by that largest norm in fp32.
         v_norm = tl.load(vn_base + cols * stride_vnn, mask=col_ok, other=0.0)
-        p_v = (p * v_norm[None, :]).to(dtype)
+        v_max = tl.max(v_norm, 0)
+        v_max = tl.where(v_max > 0.0, v_max, 1.0)
+        p_v = (p * (v_norm / v_max)[None, :]).to(dtype)
         v_ptrs = v_base + cols[:, None] * stride_vn + vj[None, :]
         v_bits0 = tl.load(v_ptrs, mask=col_ok[:, None] & (vj < 4)[None, :], other=0).to(tl.int32)
         v_bits1 = tl.load(v_ptrs + 4, mask=col_ok[:, None] & (vj < 4)[None, :], other=0).to(tl.int32)
         v_bits2 = tl.load(v_ptrs + 8, mask=col_ok[:, None] & (vj < 4)[None, :], other=0).to(tl.int32)
-        acc0 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 7) & 1) | (((v_bits1 >> 7) & 1) << 1) | (((v_bits2 >> 7) & 1) << 2))), acc0 * alpha[:, None])
-        acc1 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 6) & 1) | (((v_bits1 >> 6) & 1) << 1) | (((v_bits2 >> 6) & 1) << 2))), acc1 * alpha[:, None])
-        acc2 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 5) & 1) | (((v_bits1 >> 5) & 1) << 1) | (((v_bits2 >> 5) & 1) << 2))), acc2 * alpha[:, None])
-        acc3 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 4) & 1) | (((v_bits1 >> 4) & 1) << 1) | (((v_bits2 >> 4) & 1) << 2))), acc3 * alpha[:, None])
-        acc4 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 3) & 1) | (((v_bits1 >> 3) & 1) << 1) | (((v_bits2 >> 3) & 1) << 2))), acc4 * alpha[:, None])
-        acc5 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 2) & 1) | (((v_bits1 >> 2) & 1) << 1) | (((v_bits2 >> 2) & 1) << 2))), acc5 * alpha[:, None])
-        acc6 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 1) & 1) | (((v_bits1 >> 1) & 1) << 1) | (((v_bits2 >> 1) & 1) << 2))), acc6 * alpha[:, None])
-        acc7 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 0) & 1) | (((v_bits1 >> 0) & 1) << 1) | (((v_bits2 >> 0) & 1) << 2))), acc7 * alpha[:, None])
+        acc0 = acc0 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 7) & 1) | (((v_bits1 >> 7) & 1) << 1) | (((v_bits2 >> 7) & 1) << 2)))) * v_max
+        acc1 = acc1 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 6) & 1) | (((v_bits1 >> 6) & 1) << 1) | (((v_bits2 >> 6) & 1) << 2)))) * v_max
+        acc2 = acc2 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 5) & 1) | (((v_bits1 >> 5) & 1) << 1) | (((v_bits2 >> 5) & 1) << 2)))) * v_max
+        acc3 = acc3 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 4) & 1) | (((v_bits1 >> 4) & 1) << 1) | (((v_bits2 >> 4) & 1) << 2)))) * v_max
+        acc4 = acc4 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 3) & 1) | (((v_bits1 >> 3) & 1) << 1) | (((v_bits2 >> 3) & 1) << 2)))) * v_max
+        acc5 = acc5 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 2) & 1) | (((v_bits1 >> 2) & 1) << 1) | (((v_bits2 >> 2) & 1) << 2)))) * v_max
+        acc6 = acc6 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 1) & 1) | (((v_bits1 >> 1) & 1) << 1) | (((v_bits2 >> 1) & 1) << 2)))) * v_max
+        acc7 = acc7 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 0) & 1) | (((v_bits1 >> 0) & 1) << 1) | (((v_bits2 >> 0) & 1) << 2)))) * v_max
 
     # -- epilogue
     # Normalise once; a row that saw no key (causal N_q > N_kv, fully masked) outputs 0.
     inv_l = 1.0 / tl.where(l_i == 0.0, 1.0, l_i)
     o_rows = Out + b * stride_ob + q_head * stride_oh + q_pos * stride_om
-    # Back to the original space: out = sum over planes of acc_k @ Pi[8*j + k, :]
+    # Back to the original space: out = sum over planes of acc_k @ Pi[8*j + k, :].
+    # Each row enters the dot scaled to max |y| = 1 and is scaled back in fp32: a rotated
+    # coordinate can exceed every coordinate of the output (by up to sqrt(D)), so the
+    # unscaled cast to Q's dtype could overflow where the output itself fits.
+    y_max = tl.max(tl.abs(acc0), 1)
+    y_max = tl.maximum(y_max, tl.max(tl.abs(acc1), 1))
+    y_max = tl.maximum(y_max, tl.max(tl.abs(acc2), 1))
+    y_max = tl.maximum(y_max, tl.max(tl.abs(acc3), 1))
+    y_max = tl.maximum(y_max, tl.max(tl.abs(acc4), 1))
+    y_max = tl.maximum(y_max, tl.max(tl.abs(acc5), 1))
+    y_max = tl.maximum(y_max, tl.max(tl.abs(acc6), 1))
+    y_max = tl.maximum(y_max, tl.max(tl.abs(acc7), 1))
+    y_max = y_max * inv_l
+    y_max = tl.where(y_max > 0.0, y_max, 1.0)
+    y_scale = inv_l / y_max
     pi_k = tl.load(Pi + (8 * vj + 0)[:, None] * HEAD_DIM + d[None, :], mask=((8 * vj + 0) < HEAD_DIM)[:, None], other=0.0)
-    out = tl.dot((acc0 * inv_l[:, None]).to(dtype), pi_k.to(dtype))
+    out = tl.dot((acc0 * y_scale[:, None]).to(dtype), pi_k.to(dtype))
     pi_k = tl.load(Pi + (8 * vj + 1)[:, None] * HEAD_DIM + d[None, :], mask=((8 * vj + 1) < HEAD_DIM)[:, None], other=0.0)
-    out = tl.dot((acc1 * inv_l[:, None]).to(dtype), pi_k.to(dtype), out)
+    out = tl.dot((acc1 * y_scale[:, None]).to(dtype), pi_k.to(dtype), out)
     pi_k = tl.load(Pi + (8 * vj + 2)[:, None] * HEAD_DIM + d[None, :], mask=((8 * vj + 2) < HEAD_DIM)[:, None], other=0.0)
-    out = tl.dot((acc2 * inv_l[:, None]).to(dtype), pi_k.to(dtype), out)
+    out = tl.dot((acc2 * y_scale[:, None]).to(dtype), pi_k.to(dtype), out)
     pi_k = tl.load(Pi + (8 * vj + 3)[:, None] * HEAD_DIM + d[None, :], mask=((8 * vj + 3) < HEAD_DIM)[:, None], other=0.0)
-    out = tl.dot((acc3 * inv_l[:, None]).to(dtype), pi_k.to(dtype), out)
+    out = tl.dot((acc3 * y_scale[:, None]).to(dtype), pi_k.to(dtype), out)
     pi_k = tl.load(Pi + (8 * vj + 4)[:, None] * HEAD_DIM + d[None, :], mask=((8 * vj + 4) < HEAD_DIM)[:, None], other=0.0)
-    out = tl.dot((acc4 * inv_l[:, None]).to(dtype), pi_k.to(dtype), out)
+    out = tl.dot((acc4 * y_scale[:, None]).to(dtype), pi_k.to(dtype), out)
     pi_k = tl.load(Pi + (8 * vj + 5)[:, None] * HEAD_DIM + d[None, :], mask=((8 * vj + 5) < HEAD_DIM)[:, None], other=0.0)
-    out = tl.dot((acc5 * inv_l[:, None]).to(dtype), pi_k.to(dtype), out)
+    out = tl.dot((acc5 * y_scale[:, None]).to(dtype), pi_k.to(dtype), out)
     pi_k = tl.load(Pi + (8 * vj + 6)[:, None] * HEAD_DIM + d[None, :], mask=((8 * vj + 6) < HEAD_DIM)[:, None], other=0.0)
-    out = tl.dot((acc6 * inv_l[:, None]).to(dtype), pi_k.to(dtype), out)
+    out = tl.dot((acc6 * y_scale[:, None]).to(dtype), pi_k.to(dtype), out)
     pi_k = tl.load(Pi + (8 * vj + 7)[:, None] * HEAD_DIM + d[None, :], mask=((8 * vj + 7) < HEAD_DIM)[:, None], other=0.0)
-    out = tl.dot((acc7 * inv_l[:, None]).to(dtype), pi_k.to(dtype), out)
-    tl.store(o_rows[:, None] + d[None, :] * stride_od, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    out = tl.dot((acc7 * y_scale[:, None]).to(dtype), pi_k.to(dtype), out)
+    tl.store(o_rows[:, None] + d[None, :] * stride_od, (out * y_max[:, None]).to(Out.dtype.element_ty), mask=row_ok[:, None])

@@ -72,7 +72,11 @@ def attn_prefill_kernel(
             if MASK_IS_BOOL:
                 s = tl.where(mask_tile != 0, s, float("-inf"))
             else:
-                s += mask_tile.to(tl.float32) * LOG2E
+                mask_f = mask_tile.to(tl.float32)
+                mask_abs = tl.abs(mask_f)
+                mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
+                mask_log2 = mask_sat * LOG2E + (mask_abs - mask_sat) * 0.5
+                s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
 
         # Online softmax in base 2: rescale what was accumulated by 2^(m_old - m_new).
         # A row that has seen no visible key yet keeps m = -inf and contributes p = 0.
@@ -102,7 +106,11 @@ def attn_prefill_kernel(
             if MASK_IS_BOOL:
                 visible = visible & (mask_tile != 0)
             else:
-                s += mask_tile.to(tl.float32) * LOG2E
+                mask_f = mask_tile.to(tl.float32)
+                mask_abs = tl.abs(mask_f)
+                mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
+                mask_log2 = mask_sat * LOG2E + (mask_abs - mask_sat) * 0.5
+                s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
         s = tl.where(visible, s, float("-inf"))
 
         # Online softmax in base 2: rescale what was accumulated by 2^(m_old - m_new).

@@ -49,9 +49,14 @@ def decode_reduce_kernel(
 
     b = rows // (H_Q * N_Q)
     o_rows = Out + b * stride_ob + ((rows // N_Q) % H_Q) * stride_oh + (rows % N_Q) * stride_om
-    # Back to the original space: x = y @ Pi
-    out = out.to(Out.dtype.element_ty)
+    # Back to the original space: x = y @ Pi.
+    # Rows enter the dot scaled to max |y| = 1 and are scaled back in fp32 (a rotated
+    # coordinate may exceed every output coordinate, and the cast could overflow fp16).
+
+    y_max = tl.max(tl.abs(out), 1)
+    y_max = tl.where(y_max > 0.0, y_max, 1.0)
+    out = (out / y_max[:, None]).to(Out.dtype.element_ty)
     cols = tl.arange(0, 128)
     pi = tl.load(Pi + d[:, None] * HEAD_DIM + cols[None, :])
-    x = tl.dot(out, pi.to(Out.dtype.element_ty))
+    x = tl.dot(out, pi.to(Out.dtype.element_ty)) * y_max[:, None]
     tl.store(o_rows[:, None] + cols[None, :] * stride_od, x.to(Out.dtype.element_ty), mask=row_ok[:, None])
