@@ -18,7 +18,7 @@ from typing import Any, Union
 import torch
 
 from tqgen.codegen.context import next_pow2
-from tqgen.codegen.loader import kernel
+from tqgen.ops.launch import kernel  # the generated kernel, launched without Triton's per-call binding
 from tqgen.compressed import CompressedTensor
 from tqgen.ops import cdiv
 from tqgen.spec import Family, VariantSpec
@@ -180,8 +180,12 @@ def decode(
     out: torch.Tensor,
     sm_scale: float,
     mask: torch.Tensor | None = None,
+    parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Split-K decode: grid (splits, B * H_kv) writes partials, then decode_reduce merges them."""
+    """Split-K decode: grid (splits, B * H_kv) writes partials, then decode_reduce merges them.
+
+    ``parts``: caller-owned (acc, m, l) partials of at least the cached workspace's sizes (a static
+    cache passes its own so that captured graphs depend on no process-wide buffer)."""
     assert spec.family is Family.ATTN_DECODE
     batch, q_heads, n_q, head_dim = q.shape
     kv_heads, n_kv = k.shape[1], k.shape[2]
@@ -189,7 +193,7 @@ def decode(
     waves = config.get("SPLIT_WAVES", WAVES)  # tune caches written before the key existed lack it
     plan = split_plan(batch * kv_heads, n_kv, block_n, config["SPLIT_MIN_TOKENS"], sm_count(q.device), waves)
     rows = batch * q_heads * n_q
-    part_acc, part_m, part_l = workspace(q.device, rows, head_dim, plan.capacity)
+    part_acc, part_m, part_l = parts if parts is not None else workspace(q.device, rows, head_dim, plan.capacity)
     margs, has_mask, is_bool = mask_args(mask, q)
     pi = rotation_of(k, v)
     kernel(spec)[(plan.num_splits, batch * kv_heads)](

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tqgen.codegen.loader import kernel
+from tqgen.ops.launch import kernel
 from tqgen.quant.packing import packed_width
 from tqgen.spec import Family, VariantSpec
 from tqgen.ops import cdiv

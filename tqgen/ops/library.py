@@ -1,0 +1,188 @@
+"""tqgen's kernels as PyTorch custom operators, so ``torch.compile`` traces through them.
+
+Three operators in the ``tqgen`` namespace, each calling the existing launchers:
+
+* ``tqgen::decode_attention``: split-K decode (N_q <= 16) and its reduce, in one op.  The
+  split partials live in a caller-owned fp32 ``workspace`` (declared mutated), so a captured
+  CUDA graph depends on no process-wide buffer; size it with :func:`decode_workspace_numel`.
+* ``tqgen::prefill_attention``: the prefill schedule (any N_q).
+* ``tqgen::compress``: TurboQuant codes and norms of new K/V tokens (functional: the caller
+  writes them into its cache, e.g. with ``index_copy_`` at the cache positions).
+
+K and V are passed as ``(tensor, norms, centroids, bits)``: ``bits = 0`` means a plain
+``[B, H_kv, N_kv, D]`` tensor in q's dtype (norms and centroids None), otherwise packed uint8
+codes ``[B, H_kv, N_kv, W]`` with fp32 norms ``[B, H_kv, N_kv]`` and their codebook; compressed
+operands share ``rotation`` (fp32 ``[D, D]``).  Each op allocates only its outputs (fixed
+shapes, so CUDA-graph replays reuse the same memory), never syncs with the device and keeps
+no Python-side state a replay would miss.  The fake (meta) implementations give
+``torch.compile`` the output shapes without running a kernel.
+
+The ops check only what the kernels cannot survive (workspace size, operand kinds); callers
+that need argument-level errors use :func:`tqgen.attention` instead.
+"""
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from tqgen.attention import DECODE_MAX_Q
+from tqgen.compressed import CompressedTensor
+from tqgen.ops import attention as ops
+from tqgen.ops.compress import compress_into
+from tqgen.quant.packing import packed_width
+from tqgen.spec import SUPPORTED_BITS, Family, VariantSpec
+from tqgen.tuning import launch_config, shape_bucket
+
+__all__ = ["compress", "decode_attention", "decode_workspace_numel", "prefill_attention"]
+
+
+def _operand(name: str, x: Tensor, norms: Optional[Tensor], centroids: Optional[Tensor], bits: int,
+             rotation: Optional[Tensor], dtype: torch.dtype, head_dim: int) -> "Tensor | CompressedTensor":
+    """A plain K/V tensor, or the CompressedTensor the launchers read (centroids in q's dtype)."""
+    if bits == 0:
+        if norms is not None or centroids is not None:
+            raise ValueError(f"{name}_bits is 0 (plain {name}) but {name}_norms/{name}_centroids were given")
+        return x
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"{name}_bits must be 0 (plain) or one of {SUPPORTED_BITS}, got {bits}")
+    if norms is None or centroids is None or rotation is None:
+        raise ValueError(f"compressed {name} ({name}_bits={bits}) needs {name}_norms, {name}_centroids and rotation")
+    if centroids.dtype != dtype:  # converted here, not cached: nothing outlives the call
+        centroids = centroids.to(dtype)
+    return CompressedTensor(x, norms, bits, head_dim, centroids, rotation)
+
+
+def _spec(family: Family, q: Tensor, k_bits: int, v_bits: int, kv_heads: int, is_causal: bool) -> VariantSpec:
+    group = q.shape[1] // kv_heads
+    rotate = bool(k_bits or v_bits)
+    return VariantSpec(family, q.shape[-1], k_bits or None, v_bits or None, group, bool(is_causal), rotate)
+
+
+def _expand_mask(mask: Optional[Tensor], q: Tensor, n_kv: int) -> Optional[Tensor]:
+    if mask is None:
+        return None
+    return mask[(None,) * (4 - mask.dim())].expand(*q.shape[:3], n_kv)
+
+
+def _split_capacity(spec: VariantSpec, config: dict[str, int], device: torch.device, batch_heads: int) -> int:
+    """Workspace slots per row the decode launcher's split plan uses (independent of N_kv)."""
+    return ops.max_splits(batch_heads, ops.sm_count(device), config.get("SPLIT_WAVES", ops.WAVES))
+
+
+def decode_workspace_numel(batch: int, q_heads: int, kv_heads: int, n_q: int, head_dim: int, n_kv: int,
+                           k_bits: int, v_bits: int, device: torch.device | str, is_causal: bool = False) -> int:
+    """fp32 elements ``tqgen::decode_attention`` needs in its workspace for this problem size."""
+    device = torch.device(device)
+    q = torch.empty((batch, q_heads, n_q, head_dim), device="meta")
+    spec = _spec(Family.ATTN_DECODE, q, k_bits, v_bits, kv_heads, is_causal)
+    config = launch_config(spec, device, shape_bucket(spec, n_q, n_kv, batch * kv_heads))
+    return batch * q_heads * n_q * _split_capacity(spec, config, device, batch * kv_heads) * (head_dim + 2)
+
+
+# ------------------------------------------------------------------- decode
+@torch.library.custom_op("tqgen::decode_attention", mutates_args=("workspace",))
+def decode_attention(
+    q: Tensor, k: Tensor, k_norms: Optional[Tensor], k_centroids: Optional[Tensor], k_bits: int,
+    v: Tensor, v_norms: Optional[Tensor], v_centroids: Optional[Tensor], v_bits: int,
+    rotation: Optional[Tensor], mask: Optional[Tensor], workspace: Tensor, sm_scale: float, is_causal: bool,
+) -> Tensor:
+    """Split-K decode attention of q ``[B, H_q, N_q <= 16, D]``; returns ``[B, H_q, N_q, D]``."""
+    batch, q_heads, n_q, head_dim = q.shape
+    kv_heads, n_kv = k.shape[1], k.shape[2]
+    if n_q > DECODE_MAX_Q:
+        raise ValueError(f"tqgen::decode_attention takes at most {DECODE_MAX_Q} query positions, got {n_q}")
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    if n_kv == 0:
+        return out.zero_()
+    kk = _operand("k", k, k_norms, k_centroids, k_bits, rotation, q.dtype, head_dim)
+    vv = _operand("v", v, v_norms, v_centroids, v_bits, rotation, q.dtype, head_dim)
+    spec = _spec(Family.ATTN_DECODE, q, k_bits, v_bits, kv_heads, is_causal)
+    config = launch_config(spec, q.device, shape_bucket(spec, n_q, n_kv, batch * kv_heads))
+    capacity = _split_capacity(spec, config, q.device, batch * kv_heads)
+    rows = batch * q_heads * n_q
+    need = rows * capacity * (head_dim + 2)
+    if workspace.dtype != torch.float32 or workspace.dim() != 1 or workspace.numel() < need:
+        raise ValueError(
+            f"workspace must be a flat fp32 tensor of at least {need} elements for this call "
+            f"(decode_workspace_numel), got {workspace.dtype} {tuple(workspace.shape)}"
+        )
+    acc_end = rows * capacity * head_dim
+    parts = (workspace[:acc_end], workspace[acc_end:acc_end + rows * capacity],
+             workspace[acc_end + rows * capacity:need])
+    reduce_config = launch_config(ops.reduce_spec(spec), q.device)
+    ops.decode(spec, config, reduce_config, q, kk, vv, out, float(sm_scale), _expand_mask(mask, q, n_kv), parts)
+    return out
+
+
+@decode_attention.register_fake
+def _decode_attention_fake(q, k, k_norms, k_centroids, k_bits, v, v_norms, v_centroids, v_bits,
+                           rotation, mask, workspace, sm_scale, is_causal):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+# ------------------------------------------------------------------ prefill
+@torch.library.custom_op("tqgen::prefill_attention", mutates_args=())
+def prefill_attention(
+    q: Tensor, k: Tensor, k_norms: Optional[Tensor], k_centroids: Optional[Tensor], k_bits: int,
+    v: Tensor, v_norms: Optional[Tensor], v_centroids: Optional[Tensor], v_bits: int,
+    rotation: Optional[Tensor], mask: Optional[Tensor], sm_scale: float, is_causal: bool,
+) -> Tensor:
+    """Prefill-schedule attention of q ``[B, H_q, N_q, D]``; returns ``[B, H_q, N_q, D]``."""
+    _, _, n_q, head_dim = q.shape
+    kv_heads, n_kv = k.shape[1], k.shape[2]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    if n_kv == 0:
+        return out.zero_()
+    kk = _operand("k", k, k_norms, k_centroids, k_bits, rotation, q.dtype, head_dim)
+    vv = _operand("v", v, v_norms, v_centroids, v_bits, rotation, q.dtype, head_dim)
+    spec = _spec(Family.ATTN_PREFILL, q, k_bits, v_bits, kv_heads, is_causal)
+    config = launch_config(spec, q.device, shape_bucket(spec, n_q, n_kv, q.shape[0] * kv_heads))
+    return ops.prefill(spec, config, q, kk, vv, out, float(sm_scale), _expand_mask(mask, q, n_kv))
+
+
+@prefill_attention.register_fake
+def _prefill_attention_fake(q, k, k_norms, k_centroids, k_bits, v, v_norms, v_centroids, v_bits,
+                            rotation, mask, sm_scale, is_causal):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+# ----------------------------------------------------------------- compress
+@torch.library.custom_op("tqgen::compress", mutates_args=())
+def compress(x: Tensor, rotation: Tensor, boundaries: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """Codes uint8 ``[B, H, N, W]`` and fp32 norms ``[B, H, N]`` of x ``[B, H, N, D]`` (one launch)."""
+    batch, heads, n, head_dim = x.shape
+    packed = torch.zeros((batch, heads, n, packed_width(head_dim, bits)), dtype=torch.uint8, device=x.device)
+    norms = torch.zeros((batch, heads, n), dtype=torch.float32, device=x.device)
+    compress_into(x, rotation, boundaries, packed, norms, bits=bits, start=0)
+    return packed, norms
+
+
+@compress.register_fake
+def _compress_fake(x, rotation, boundaries, bits):
+    batch, heads, n, head_dim = x.shape
+    if bits == 3:
+        width = 3 * ((head_dim + 7) // 8)
+    else:
+        per_byte = 8 // bits
+        width = (head_dim + per_byte - 1) // per_byte
+    return (x.new_empty((batch, heads, n, width), dtype=torch.uint8),
+            x.new_empty((batch, heads, n), dtype=torch.float32))
+
+
+def attention_op(q: Tensor, k: Tensor, k_norms: Optional[Tensor], k_centroids: Optional[Tensor], k_bits: int,
+                 v: Tensor, v_norms: Optional[Tensor], v_centroids: Optional[Tensor], v_bits: int,
+                 rotation: Optional[Tensor], mask: Optional[Tensor], workspace: Tensor,
+                 sm_scale: Optional[float], is_causal: bool) -> Tensor:
+    """Decode (N_q <= 16) or prefill op by q's length, a decision made at trace time (shapes are static)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
+    if q.shape[2] <= DECODE_MAX_Q:
+        return torch.ops.tqgen.decode_attention(q, k, k_norms, k_centroids, k_bits, v, v_norms, v_centroids,
+                                                v_bits, rotation, mask, workspace, scale, is_causal)
+    return torch.ops.tqgen.prefill_attention(q, k, k_norms, k_centroids, k_bits, v, v_norms, v_centroids,
+                                             v_bits, rotation, mask, scale, is_causal)
