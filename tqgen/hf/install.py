@@ -117,16 +117,33 @@ def enable(
     v_bits: int = 4,
     *,
     skip_layers: SkipPolicy = None,
+    static: bool = False,
+    max_cache_len: int | None = None,
     **cache_options: object,
-) -> CompressedDynamicCache:
-    """Build a :class:`CompressedDynamicCache` for ``model`` and install the fused backend on it.
+):
+    """Build a compressed cache for ``model`` and install the fused backend on it.
 
-    ``skip_layers`` and ``cache_options`` (``seed``, ``growth``, ``initial_capacity``,
-    ``exact_prefill``) go to the cache.  Returns the cache; pass it as ``past_key_values``::
+    Default: a :class:`CompressedDynamicCache`; ``skip_layers`` and ``cache_options`` (``seed``,
+    ``growth``, ``initial_capacity``, ``exact_prefill``) go to it.  With ``static=True``, a
+    :class:`~tqgen.hf.static_cache.CompressedStaticCache` of ``max_cache_len`` tokens (required;
+    ``cache_options``: ``seed``) read by the traceable static backend, for ``torch.compile`` and
+    CUDA graphs.  Returns the cache; pass it to ``generate`` under
+    :func:`~tqgen.hf.static_cache.cache_argument` (``past_key_values`` before transformers 5.24)::
 
         cache = tqgen.hf.enable(model, k_bits=4, v_bits=4)
         out = model.generate(**inputs, past_key_values=cache, max_new_tokens=64)
     """
+    if static:
+        from tqgen.hf.static_cache import CompressedStaticCache, install_static_cache
+
+        if max_cache_len is None:
+            raise ValueError("static=True needs max_cache_len (prompt + new tokens, at most)")
+        cache = CompressedStaticCache(model.config, max_cache_len, k_bits=k_bits, v_bits=v_bits,
+                                      skip_layers=skip_layers, **cache_options)
+        install_static_cache(model, cache)
+        return cache
+    if max_cache_len is not None:
+        raise ValueError("max_cache_len is for static=True; the dynamic cache grows (see initial_capacity)")
     cache = CompressedDynamicCache(model.config, k_bits=k_bits, v_bits=v_bits, skip_layers=skip_layers, **cache_options)
     install_fused_tq4_kv(model, cache)
     return cache

@@ -1,0 +1,390 @@
+"""A fixed-capacity TurboQuant KV cache for transformers' static-cache path (``torch.compile``, CUDA graphs).
+
+:class:`CompressedStaticCache` allocates every buffer once (codes and fp32 norms of K and V for
+``max_cache_len`` tokens per compressed layer, one shared decode workspace) and never
+reallocates, so ``torch.compile(model, fullgraph=True)`` and ``mode="reduce-overhead"`` can
+capture whole decode steps.  New tokens are compressed by ``tqgen::compress`` and written with
+``index_copy_`` at ``cumulative_length + arange(n)``, a device tensor like transformers' own
+``StaticLayer`` keeps; nothing on the step path reads a length back to the host.
+
+Attention (:func:`static_attention_forward`, registered as ``triton_fa_tq_static``) reads the
+whole capacity of a compressed layer through ``tqgen::decode_attention`` (or
+``tqgen::prefill_attention`` for prompts longer than 16 tokens); the mask transformers builds
+for a static cache (bool, ``[B, 1, N_q, max_cache_len]``) hides unwritten slots and padding.
+Unwritten slots hold norm 0 and decode to zero vectors.  Layers kept uncompressed
+(``skip_layers``) use transformers' ``StaticLayer``, sliding-window layers its
+``StaticSlidingWindowLayer``, and the same kernels read them uncompressed.
+
+Unlike :class:`~tqgen.hf.cache.CompressedDynamicCache`, a prompt attends over its compressed
+K/V (the dynamic cache's ``exact_prefill=False``): whether a chunk is the first is a length
+the compiled graph does not look at.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, StaticLayer, StaticSlidingWindowLayer
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from tqgen.hf.backends import _check_supported, _is_causal
+from tqgen.hf.cache import SkipPolicy, _is_sliding, _window
+from tqgen.ops import library
+from tqgen.ops.library import attention_op
+from tqgen.turboquant import TurboQuant
+from tqgen.validation import check_bits
+
+TRITON_FA_TQ_STATIC = "triton_fa_tq_static"
+
+__all__ = [
+    "TRITON_FA_TQ_STATIC",
+    "CompressedStaticCache",
+    "CompressedStaticLayer",
+    "cache_argument",
+    "install_static_cache",
+    "register_static_backend",
+    "static_attention_forward",
+]
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+class CompressedStaticLayer(StaticLayer):
+    """K and V of one layer as TurboQuant codes + fp32 norms in buffers of ``max_cache_len`` tokens.
+
+    ``update`` stores the new tokens and returns them unchanged: the backend reads the buffers.
+    It refuses to run when the fused backend is not installed (``fused_mode`` False), since
+    any other attention would then see only the new tokens.
+    """
+
+    is_compileable = True
+    is_sliding = False
+
+    def __init__(self, max_cache_len: int, key_quant: Callable[[int], TurboQuant],
+                 value_quant: Callable[[int], TurboQuant], workspace: Callable[[torch.device, int], torch.Tensor],
+                 q_heads: int | None = None) -> None:
+        super().__init__(max_cache_len=max_cache_len)
+        self._key_quant, self._value_quant, self._workspace = key_quant, value_quant, workspace
+        self.q_heads = q_heads
+        self.fused_mode = False
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Allocate the buffers for the batch, heads, dtype and device of the first states."""
+        self.device, self.dtype = key_states.device, key_states.dtype
+        self.batch_size, self.num_heads = key_states.shape[:2]
+        self.k_head_dim, self.v_head_dim = key_states.shape[-1], value_states.shape[-1]
+        self.key_quant, self.value_quant = self._key_quant(self.k_head_dim), self._value_quant(self.v_head_dim)
+        if self.key_quant.rotation("cpu").shape != self.value_quant.rotation("cpu").shape:
+            raise ValueError(
+                f"key head_dim {self.k_head_dim} != value head_dim {self.v_head_dim}: compressed K and V must share "
+                "one rotation; keep this layer uncompressed with skip_layers"
+            )
+        with torch.inference_mode(False):
+            shape = (self.batch_size, self.num_heads, self.max_cache_len)
+            kw, vw = self.key_quant.packed_width, self.value_quant.packed_width
+            self.k_packed = torch.zeros(*shape, kw, dtype=torch.uint8, device=self.device)
+            self.k_norms = torch.zeros(shape, dtype=torch.float32, device=self.device)
+            self.v_packed = torch.zeros(*shape, vw, dtype=torch.uint8, device=self.device)
+            self.v_norms = torch.zeros(shape, dtype=torch.float32, device=self.device)
+            # Codebooks in the model's dtype and the fp32 rotation/boundaries, on the device once.
+            self.k_centroids = self.key_quant.centroids(self.device).to(self.dtype).clone()
+            self.v_centroids = self.value_quant.centroids(self.device).to(self.dtype).clone()
+            self.rotation = self.key_quant.rotation(self.device).to(torch.float32).clone()
+            self.k_boundaries = self.key_quant.boundaries(self.device).to(torch.float32).clone()
+            self.v_boundaries = self.value_quant.boundaries(self.device).to(torch.float32).clone()
+            self.cumulative_length = self.cumulative_length.to(self.device)
+        q_heads = self.q_heads or self.num_heads
+        need = max(
+            library.decode_workspace_numel(self.batch_size, q_heads, self.num_heads, n_q, self.k_head_dim,
+                                           self.max_cache_len, self.key_quant.bits, self.value_quant.bits,
+                                           self.device, causal)
+            for n_q in (1, library.DECODE_MAX_Q) for causal in (False, True)
+        )
+        # Uncompressed layers of the same shape (sliding, skipped) share the workspace too.
+        need = max(need, library.decode_workspace_numel(self.batch_size, q_heads, self.num_heads, library.DECODE_MAX_Q,
+                                                        self.k_head_dim, self.max_cache_len, 0, 0, self.device))
+        self.workspace = self._workspace(self.device, need)
+        # HF's generic code (reset, batch reorders) knows `keys`/`values`: point them at the codes.
+        self.keys, self.values = self.k_packed, self.v_packed
+        if not _compiling():  # fixed addresses: compiled graphs and CUDA graphs may mutate them
+            for t in self._tensors():
+                torch._dynamo.mark_static_address(t)
+        self.is_initialized = True
+
+    def _tensors(self) -> list[torch.Tensor]:
+        """Every tensor this layer allocated (the shared workspace excluded)."""
+        return [self.k_packed, self.k_norms, self.v_packed, self.v_norms, self.k_centroids, self.v_centroids,
+                self.rotation, self.k_boundaries, self.v_boundaries, self.cumulative_length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object,
+               **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compress the new tokens into the buffers at ``cumulative_length + arange(n)``; return them."""
+        if not self.fused_mode:
+            raise RuntimeError(
+                "CompressedStaticCache is read only by tqgen's static backend: call "
+                "tqgen.hf.enable(model, static=True, ...) (or install_static_cache(model, cache)) first"
+            )
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        positions = torch.arange(n, device=self.device) + self.cumulative_length
+        self.cumulative_length.add_(n)
+        kp, kn = torch.ops.tqgen.compress(key_states, self.rotation, self.k_boundaries, self.key_quant.bits)
+        vp, vn = torch.ops.tqgen.compress(value_states, self.rotation, self.v_boundaries, self.value_quant.bits)
+        self.k_packed.index_copy_(2, positions, kp)
+        self.k_norms.index_copy_(2, positions, kn)
+        self.v_packed.index_copy_(2, positions, vp)
+        self.v_norms.index_copy_(2, positions, vn)
+        return key_states, value_states
+
+    def attend(self, query: torch.Tensor, mask: torch.Tensor | None, scaling: float | None,
+               is_causal: bool) -> torch.Tensor:
+        """Attention of ``query`` ``[B, H_q, N_q, D]`` over every slot of this layer (mask hides the unwritten)."""
+        return attention_op(query, self.k_packed, self.k_norms, self.k_centroids, self.key_quant.bits,
+                            self.v_packed, self.v_norms, self.v_centroids, self.value_quant.bits,
+                            self.rotation, mask, self.workspace, scaling, is_causal)
+
+    def reset(self) -> None:
+        """Forget every token (zero the buffers in place: their addresses stay)."""
+        if self.is_initialized:
+            for t in (self.k_packed, self.k_norms, self.v_packed, self.v_norms):
+                t.zero_()
+        self.cumulative_length.zero_()
+
+    def nbytes(self) -> int:
+        """Bytes this layer allocated (codes, norms, codebooks, rotation, length)."""
+        if not self.is_initialized:
+            return 0
+        return sum(t.numel() * t.element_size() for t in self._tensors())
+
+    def _reindex_batch(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        for name in ("k_packed", "k_norms", "v_packed", "v_norms"):
+            buffer = getattr(self, name)
+            buffer.copy_(fn(buffer))  # in place: the static addresses stay valid
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.is_initialized:
+            self._reindex_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("CompressedStaticCache has a fixed batch size; build it for the expanded batch")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        raise NotImplementedError("CompressedStaticCache has a fixed batch size")
+
+
+class CompressedStaticCache(Cache):
+    """TurboQuant-compressed static KV cache: fixed capacity, for ``torch.compile`` and CUDA graphs.
+
+    Args:
+        config: the model's config (layer count, sliding-window layers, query heads).
+        max_cache_len: tokens every full-attention layer holds (prompt + new tokens, at most).
+        k_bits / v_bits: code widths of K and V (2, 3 or 4).
+        skip_layers: layers kept uncompressed (indices, negative from the end, or a predicate).
+        seed: rotation seed (42 = turboquant_vllm's).
+
+    Buffers are allocated on the first ``update`` (the prompt), or ahead of time with
+    ``early_initialization(batch_size, num_heads, head_dim, dtype, device)``.  Pass the cache to
+    ``generate``/``forward`` under the name :func:`cache_argument` returns, after installing the
+    backend (``tqgen.hf.enable(model, static=True, max_cache_len=...)`` does both).
+    """
+
+    def __init__(self, config: object, max_cache_len: int, *, k_bits: int = 4, v_bits: int = 4,
+                 skip_layers: SkipPolicy = None, seed: int = 42) -> None:
+        if isinstance(max_cache_len, bool) or not isinstance(max_cache_len, int) or max_cache_len < 1:
+            raise ValueError(f"max_cache_len must be an int >= 1, got {max_cache_len!r}")
+        if config is None:
+            raise ValueError("config is required: the cache builds every layer up front")
+        self.k_bits = check_bits("k_bits", k_bits)
+        self.v_bits = check_bits("v_bits", v_bits)
+        self.seed, self.max_cache_len = seed, max_cache_len
+        self._config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        self._quantizers: dict[tuple[int, int], TurboQuant] = {}
+        self._workspaces: list[torch.Tensor] = []
+        self._largest_workspace: torch.Tensor | None = None
+        self._fused_mode = False
+        num_layers = self._config.num_hidden_layers
+        from tqgen.hf.cache import CompressedDynamicCache
+
+        skip = CompressedDynamicCache._skip_predicate(skip_layers, num_layers)
+        q_heads = getattr(self._config, "num_attention_heads", None)
+        layers = []
+        for idx in range(num_layers):
+            if _is_sliding(self._config, idx):
+                layers.append(StaticSlidingWindowLayer(max_cache_len=max_cache_len, sliding_window=_window(self._config, idx)))
+            elif skip(idx):
+                layers.append(StaticLayer(max_cache_len=max_cache_len))
+            else:
+                layers.append(CompressedStaticLayer(
+                    max_cache_len,
+                    key_quant=lambda d: self.quantizer(d, self.k_bits),
+                    value_quant=lambda d: self.quantizer(d, self.v_bits),
+                    workspace=self._workspace,
+                    q_heads=q_heads,
+                ))
+        super().__init__(layers=layers)
+
+    def quantizer(self, head_dim: int, bits: int) -> TurboQuant:
+        """The TurboQuant for (head_dim, bits), shared by every layer that uses it."""
+        key = (head_dim, bits)
+        if key not in self._quantizers:
+            self._quantizers[key] = TurboQuant(head_dim, bits, seed=self.seed)
+        return self._quantizers[key]
+
+    def _workspace(self, device: torch.device, numel: int) -> torch.Tensor:
+        """A decode workspace of at least ``numel`` fp32 elements, shared by the layers (run one at a time)."""
+        for ws in self._workspaces:
+            if ws.device == device and ws.numel() >= numel:
+                return ws
+        with torch.inference_mode(False):
+            ws = torch.zeros(numel, dtype=torch.float32, device=device)
+        if not _compiling():
+            torch._dynamo.mark_static_address(ws)
+        self._workspaces.append(ws)
+        if self._largest_workspace is None or ws.numel() > self._largest_workspace.numel():
+            self._largest_workspace = ws
+        return ws
+
+    def is_compressed(self, layer_idx: int) -> bool:
+        return isinstance(self.layers[layer_idx], CompressedStaticLayer)
+
+    @property
+    def fused_mode(self) -> bool:
+        """True while the static backend is installed (set by :func:`install_static_cache`)."""
+        return self._fused_mode
+
+    @fused_mode.setter
+    def fused_mode(self, value: bool) -> None:
+        self._fused_mode = bool(value)
+        for layer in self.layers:
+            if isinstance(layer, CompressedStaticLayer):
+                layer.fused_mode = self._fused_mode
+
+    # -- sizes ---------------------------------------------------------------------------------
+    def nbytes(self) -> int:
+        """Bytes the cache allocated: codes, norms and tables of compressed layers, the K/V of
+        uncompressed layers, and the decode workspace (capacity-based: it never grows)."""
+        total = sum(ws.numel() * ws.element_size() for ws in self._workspaces)
+        for layer in self.layers:
+            if isinstance(layer, CompressedStaticLayer):
+                total += layer.nbytes()
+            elif getattr(layer, "is_initialized", False):
+                total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values, layer.cumulative_length))
+        return total
+
+    def kv_nbytes(self) -> int:
+        """Bytes of the K/V storage alone (codes + norms, uncompressed layers' K/V)."""
+        total = 0
+        for layer in self.layers:
+            if isinstance(layer, CompressedStaticLayer) and layer.is_initialized:
+                total += sum(t.numel() * t.element_size() for t in (layer.k_packed, layer.k_norms, layer.v_packed, layer.v_norms))
+            elif getattr(layer, "is_initialized", False):
+                total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values))
+        return total
+
+    def fp16_nbytes(self) -> int:
+        """Bytes a 16-bit ``StaticCache`` of the same capacity would allocate for K/V."""
+        total = 0
+        for layer in self.layers:
+            if isinstance(layer, CompressedStaticLayer) and layer.is_initialized:
+                total += 2 * layer.batch_size * layer.num_heads * layer.max_cache_len * (layer.k_head_dim + layer.v_head_dim)
+            elif getattr(layer, "is_initialized", False):
+                total += 2 * (layer.keys.numel() + layer.values.numel())
+        return total
+
+    def compression_ratio(self) -> float:
+        """``fp16_nbytes() / kv_nbytes()`` (about 3.7 at 4 bits, head_dim 128)."""
+        kv = self.kv_nbytes()
+        return self.fp16_nbytes() / kv if kv else float("nan")
+
+    def __repr__(self) -> str:
+        return (f"CompressedStaticCache(k_bits={self.k_bits}, v_bits={self.v_bits}, layers={len(self.layers)}, "
+                f"max_cache_len={self.max_cache_len}, fused_mode={self.fused_mode})")
+
+
+# ------------------------------------------------------------------- backend
+def static_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function over a :class:`CompressedStaticCache` (traceable, no graph break).
+
+    A compressed layer attends over its whole buffer (the mask hides unwritten slots); any other
+    layer attends over the ``key``/``value`` its cache layer returned.  Both through tqgen's
+    custom ops, so ``torch.compile(fullgraph=True)`` sees single ops.
+    """
+    _check_supported(dropout, kwargs)
+    is_causal = _is_causal(module, query, attention_mask, kwargs)
+    cache = getattr(module, "_tq4_cache", None)
+    layer_idx = getattr(module, "layer_idx", None)
+    layer = cache.layers[layer_idx] if isinstance(cache, CompressedStaticCache) and layer_idx is not None else None
+    if isinstance(layer, CompressedStaticLayer) and layer.is_initialized:
+        out = layer.attend(query, attention_mask, scaling, is_causal)
+    else:
+        workspace = _plain_workspace(cache, query, key)
+        out = attention_op(query, key, None, None, 0, value, None, None, 0, None, attention_mask, workspace,
+                           scaling, is_causal)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _plain_workspace(cache: object, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """The decode workspace for an uncompressed layer: the cache's (sized up front), else a fresh one."""
+    batch, q_heads, n_q, head_dim = query.shape
+    if n_q > library.DECODE_MAX_Q:
+        return query.new_empty(0, dtype=torch.float32)
+    if isinstance(cache, CompressedStaticCache) and not _compiling():
+        need = library.decode_workspace_numel(batch, q_heads, key.shape[1], n_q, head_dim, key.shape[2], 0, 0,
+                                              query.device)
+        return cache._workspace(query.device, need)
+    if isinstance(cache, CompressedStaticCache) and cache._largest_workspace is not None:
+        return cache._largest_workspace
+    need = library.decode_workspace_numel(batch, q_heads, key.shape[1], n_q, head_dim, key.shape[2], 0, 0, query.device)
+    return torch.empty(need, dtype=torch.float32, device=query.device)
+
+
+def install_static_cache(model: torch.nn.Module, cache: CompressedStaticCache) -> None:
+    """Run ``model``'s attention over ``cache`` (``triton_fa_tq_static``): stash the cache on every
+    attention module and put it in ``fused_mode``; :func:`tqgen.hf.uninstall_fused_tq4_kv` undoes it."""
+    from tqgen.hf.install import _attention_modules, _check_supported as _check_model, _set_attn_implementation
+
+    if not isinstance(cache, CompressedStaticCache):
+        raise TypeError(f"cache must be a CompressedStaticCache, got {type(cache).__name__}")
+    _check_model(model)
+    modules = _attention_modules(model)
+    register_static_backend()
+    for module in modules:
+        previous = getattr(module, "_tq4_cache", None)
+        if previous is not None and previous is not cache:
+            previous.fused_mode = False
+        module._tq4_cache = cache
+    cache.fused_mode = True
+    _set_attn_implementation(model, TRITON_FA_TQ_STATIC)
+
+
+def register_static_backend() -> None:
+    """Register ``triton_fa_tq_static`` with ``AttentionInterface`` and (``sdpa_mask``) ``AttentionMaskInterface``."""
+    AttentionInterface.register(TRITON_FA_TQ_STATIC, static_attention_forward)
+    AttentionMaskInterface.register(TRITON_FA_TQ_STATIC, sdpa_mask)
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The keyword ``model``'s forward (and ``generate``) takes its cache under: ``"cache"`` in
+    transformers >= 5.24, ``"past_key_values"`` before.  Read from the forward's signature."""
+    forward = getattr(type(model), "forward", None)
+    params = inspect.signature(forward).parameters if forward is not None else {}
+    if "cache" in params:
+        return "cache"
+    if "past_key_values" in params:
+        return "past_key_values"
+    raise TypeError(f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`")
