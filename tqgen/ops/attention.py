@@ -20,7 +20,7 @@ import torch
 from tqgen.codegen.context import next_pow2
 from tqgen.ops.launch import kernel  # the generated kernel, launched without Triton's per-call binding
 from tqgen.compressed import CompressedTensor
-from tqgen.ops import cdiv
+from tqgen.ops import cdiv, decode_sm90
 from tqgen.spec import Family, VariantSpec
 from tqgen.tuning.arch import ARCH_LIMITS
 
@@ -189,27 +189,34 @@ def decode(
     assert spec.family is Family.ATTN_DECODE
     batch, q_heads, n_q, head_dim = q.shape
     kv_heads, n_kv = k.shape[1], k.shape[2]
-    block_n = config["BLOCK_N"]
-    waves = config.get("SPLIT_WAVES", WAVES)  # tune caches written before the key existed lack it
-    plan = split_plan(batch * kv_heads, n_kv, block_n, config["SPLIT_MIN_TOKENS"], sm_count(q.device), waves)
+    hopper = decode_sm90.supports(spec, q, k, v, mask)
+    if hopper:
+        block_n, min_tokens, waves = decode_sm90.BLOCK_N, decode_sm90.SPLIT_MIN_TOKENS, decode_sm90.SPLIT_WAVES
+    else:
+        block_n, min_tokens = config["BLOCK_N"], config["SPLIT_MIN_TOKENS"]
+        waves = config.get("SPLIT_WAVES", WAVES)  # tune caches written before the key existed lack it
+    plan = split_plan(batch * kv_heads, n_kv, block_n, min_tokens, sm_count(q.device), waves)
     rows = batch * q_heads * n_q
     part_acc, part_m, part_l = parts if parts is not None else workspace(q.device, rows, head_dim, plan.capacity)
-    margs, has_mask, is_bool = mask_args(mask, q)
     pi = rotation_of(k, v)
-    kernel(spec)[(plan.num_splits, batch * kv_heads)](
-        q, *q.stride(),
-        *operand_args(k, q.dtype),
-        *operand_args(v, q.dtype),
-        *([pi] if spec.rotate and spec.k_bits is not None else []),
-        part_acc, part_m, part_l, plan.capacity,
-        plan.kv_per_split,
-        *margs,
-        sm_scale * LOG2E,
-        n_q, n_kv, kv_heads,
-        HAS_MASK=has_mask, MASK_IS_BOOL=is_bool,
-        BLOCK_M=decode_block_m(n_q, spec.group), BLOCK_N=block_n,
-        num_warps=config["num_warps"], num_stages=config["num_stages"],
-    )  # fmt: skip
+    if hopper:
+        decode_sm90.launch_partials(spec, q, k, v, sm_scale, plan, (part_acc, part_m, part_l))
+    else:
+        margs, has_mask, is_bool = mask_args(mask, q)
+        kernel(spec)[(plan.num_splits, batch * kv_heads)](
+            q, *q.stride(),
+            *operand_args(k, q.dtype),
+            *operand_args(v, q.dtype),
+            *([pi] if spec.rotate and spec.k_bits is not None else []),
+            part_acc, part_m, part_l, plan.capacity,
+            plan.kv_per_split,
+            *margs,
+            sm_scale * LOG2E,
+            n_q, n_kv, kv_heads,
+            HAS_MASK=has_mask, MASK_IS_BOOL=is_bool,
+            BLOCK_M=decode_block_m(n_q, spec.group), BLOCK_N=block_n,
+            num_warps=config["num_warps"], num_stages=config["num_stages"],
+        )  # fmt: skip
     reduce = reduce_spec(spec)
     kernel(reduce)[(cdiv(rows, REDUCE_ROWS),)](
         part_acc, part_m, part_l, plan.capacity, plan.num_splits,

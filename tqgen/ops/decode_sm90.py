@@ -1,0 +1,174 @@
+"""Launcher of the Hopper (sm_90) Gluon decode kernel for 4-bit K and V (``tqgen.gluon``).
+
+``supports`` says whether a decode call can take this path; ``launch_partials`` launches the
+query prologue and the main kernel, whose partials the generated ``decode_reduce`` merges.  Everything it allocates is
+cached per shape (graph-capturable, like the Triton decode path); the codebook tables and the
+permuted rotation are derived once per codebook / rotation tensor.
+
+What the kernel covers: head_dim 128, 4-bit K and V sharing one symmetric codebook, fp16/bf16
+queries, up to 16 query rows per KV head (N_q x GQA group), no mask, causal only for N_q = 1
+(then every key is visible), codes with a contiguous 64-byte row per token and contiguous
+norms.  Everything else takes the generated Triton kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import Any
+
+import torch
+
+from tqgen.compressed import CompressedTensor
+from tqgen.spec import VariantSpec
+
+HEAD_DIM = 128
+BLOCK_N = 64
+STAGES = 4
+# Split policy of this kernel (programs per SM, keys per split), chosen on an H200: see README.
+SPLIT_WAVES = 8
+SPLIT_MIN_TOKENS = 256
+V_SCALE = {torch.float16: 2.0**-4, torch.bfloat16: 1.0}
+LOG2E = 1.4426950408889634
+MAX_ROWS = 16  # query rows per KV head: the wgmma N dimension (8 or 16)
+
+
+@functools.lru_cache(maxsize=None)
+def _is_hopper(device: torch.device) -> bool:
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) != (9, 0):
+        return False
+    try:
+        import tqgen.gluon.decode_k4v4  # noqa: F401  (needs a Triton with Gluon)
+    except ImportError:
+        return False
+    return True
+
+
+def _codes_ok(x: CompressedTensor) -> bool:
+    """Rows of 64 contiguous code bytes, 16-byte aligned; contiguous norms."""
+    p, n = x.packed, x.norms
+    if n.dim() == 4:
+        n = n.squeeze(-1)
+    return (
+        p.stride(3) == 1 and p.stride(2) == 64 and p.data_ptr() % 16 == 0
+        and p.stride(0) % 16 == 0 and p.stride(1) % 16 == 0 and n.stride(2) == 1
+    )
+
+
+def supports(spec: VariantSpec, q: torch.Tensor, k: Any, v: Any, mask: torch.Tensor | None) -> bool:
+    """Whether this decode call can run on the Gluon kernel."""
+    n_q = q.shape[2]
+    return (
+        spec.k_bits == 4 and spec.v_bits == 4 and spec.head_dim == HEAD_DIM and mask is None
+        and (not spec.causal or n_q == 1) and n_q * spec.group <= MAX_ROWS
+        and q.dtype in V_SCALE and _is_hopper(q.device)
+        and _codes_ok(k) and _codes_ok(v) and _tables(k.centroids, q.dtype) is not None
+        and _tables(k.centroids, q.dtype) == _tables(v.centroids, q.dtype)
+    )
+
+
+# -------------------------------------------------------- per-tensor derived data
+_DERIVED: dict[tuple[str, int, Any], tuple[weakref.ref, int, Any]] = {}
+
+
+def _derived(kind: str, t: torch.Tensor, extra: Any, make) -> Any:
+    """``make()`` cached per (tensor, version): codebooks and rotations are reused every call."""
+    key = (kind, id(t), extra)
+    hit = _DERIVED.get(key)
+    if hit is not None and hit[0]() is t and hit[1] == t._version:
+        return hit[2]
+    if len(_DERIVED) > 256:
+        for stale in [k for k, (ref, _, _) in _DERIVED.items() if ref() is None]:
+            del _DERIVED[stale]
+    value = make()
+    _DERIVED[key] = (weakref.ref(t), t._version, value)
+    return value
+
+
+def _tables(centroids: torch.Tensor, dtype: torch.dtype):
+    """The lookup tables of a symmetric 16-entry codebook in ``dtype``, or None (host sync once)."""
+    from tqgen.gluon import lookup
+
+    def make():
+        bits = lookup.half_bits(centroids, dtype)
+        return lookup.tables(bits) if lookup.is_symmetric(bits) else None
+
+    return _derived("tables", centroids, dtype, make)
+
+
+def _table_words(centroids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def make():
+        return torch.tensor(_tables(centroids, dtype).registers(), dtype=torch.int32, device=centroids.device)
+
+    return _derived("table_words", centroids, dtype, make)
+
+
+def _pi_planes(rotation: torch.Tensor) -> torch.Tensor:
+    """fp32 [2, D, 64]: column kk of plane p is row 2 * key_byte(kk) + p of Pi."""
+    from tqgen.gluon.query_planes import key_byte
+
+    def make():
+        rows = torch.tensor([key_byte(kk) for kk in range(64)], device=rotation.device)
+        pi = rotation.detach().to(torch.float32)
+        return torch.stack([pi[2 * rows].T, pi[2 * rows + 1].T]).contiguous()
+
+    return _derived("pi_planes", rotation, None, make)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_sources(tables) -> tuple[str, str]:
+    from tqgen.gluon import lookup
+
+    return lookup.key_lookup_asm(tables), lookup.value_lookup_asm(tables)
+
+
+_Q_PLANES: dict[tuple[torch.device, torch.dtype, int, int], torch.Tensor] = {}
+
+
+def _q_planes(device: torch.device, dtype: torch.dtype, batch_heads: int, m: int) -> torch.Tensor:
+    """[B * H_kv, 2, 64, M] query planes, cached per shape (kept alive for captured graphs)."""
+    key = (device, dtype, batch_heads, m)
+    if key not in _Q_PLANES:
+        _Q_PLANES[key] = torch.empty((batch_heads, 2, 64, m), device=device, dtype=dtype)
+    return _Q_PLANES[key]
+
+
+# -------------------------------------------------------------------- the launch
+def launch_partials(
+    spec: VariantSpec,
+    q: torch.Tensor,
+    k: CompressedTensor,
+    v: CompressedTensor,
+    sm_scale: float,
+    plan,
+    workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    """Query prologue, then the Gluon split-K kernel writing the partials ``decode_reduce`` merges."""
+    from tqgen.gluon.decode_k4v4 import k4v4_decode_sm90
+    from tqgen.gluon.query_planes import rotate_query_planes
+
+    batch, _, n_q, _ = q.shape
+    kv_heads, n_kv = k.shape[1], k.shape[2]
+    m = 8 if n_q * spec.group <= 8 else 16
+    planes = _q_planes(q.device, q.dtype, batch * kv_heads, m)
+    rotate_query_planes[(batch * kv_heads,)](
+        q, *q.stride(), _pi_planes(k.rotation), planes, kv_heads, n_q,
+        GROUP=spec.group, M=m, D=HEAD_DIM, num_warps=4,
+    )  # fmt: skip
+    k_lookup, v_lookup = _kernel_sources(_tables(k.centroids, q.dtype))
+    kn = k.norms.squeeze(-1) if k.norms.dim() == 4 else k.norms
+    vn = v.norms.squeeze(-1) if v.norms.dim() == 4 else v.norms
+    v_pairs = v.packed.view(torch.int16)  # 2-byte code pairs: the kernel reads V 16 bits at a time
+    part_acc, part_m, part_l = workspace
+    k4v4_decode_sm90[(plan.num_splits, batch * kv_heads)](
+        planes,
+        k.packed, k.packed.stride(0), k.packed.stride(1),
+        kn, kn.stride(0), kn.stride(1),
+        v_pairs, v_pairs.stride(0), v_pairs.stride(1),
+        vn, vn.stride(0), vn.stride(1),
+        _table_words(k.centroids, q.dtype),
+        part_acc, part_m, part_l, plan.capacity,
+        plan.kv_per_split, n_kv, n_q, kv_heads, sm_scale * LOG2E,
+        GROUP=spec.group, M=m, STAGES=STAGES, K_LOOKUP=k_lookup, V_LOOKUP=v_lookup,
+        V_SCALE=V_SCALE[q.dtype], num_warps=4,
+    )  # fmt: skip
