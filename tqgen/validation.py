@@ -91,3 +91,21 @@ def check_norms(name: str, norms: torch.Tensor, leading: tuple[int, ...]) -> tor
         norms = norms.squeeze(-1)
     check_shape(name, norms, tuple(leading), "[B, H, N] (or [B, H, N, 1])")
     return norms
+
+
+def check_batch_indices(name: str, indices: object, batch: int) -> torch.Tensor:
+    """A 1-d integer tensor of row indices into a batch of ``batch`` rows, each in ``[0, batch)``.
+
+    Reads the range back to the host (one sync): a reordering happens once per beam step.
+    """
+    t = check_tensor(name, indices, ndim=1)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{name} must be an integer tensor of row indices, got dtype {str(t.dtype).replace('torch.', '')}")
+    if t.numel():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= batch:
+            raise ValueError(
+                f"{name} must hold row indices in [0, {batch}) (the cache holds a batch of {batch}), "
+                f"got values from {lo} to {hi}"
+            )
+    return t

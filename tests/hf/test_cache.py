@@ -136,7 +136,8 @@ def test_reset_frees_and_accepts_a_new_batch(device):
 
 
 def test_reported_size_is_the_allocated_bytes(device):
-    """nbytes() = every byte the buffers hold (capacity-based); fp16_nbytes() = a 16-bit cache of the same tokens."""
+    """nbytes() = every byte the buffers hold (capacity-based); uncompressed_nbytes() = the same tokens
+    uncompressed in the model's dtype; fp16_nbytes() = in 16 bits."""
     cache = CompressedDynamicCache(k_bits=4, v_bits=2, skip_layers=[1], initial_capacity=64)
     for layer_idx in range(2):
         cache.update(*_kv(2, 2, 64, device=device), layer_idx)
@@ -145,9 +146,12 @@ def test_reported_size_is_the_allocated_bytes(device):
     # layer 0 holds 64 tokens: K 4-bit (32 B + 4 B norm), V 2-bit (16 B + 4 B norm) per token per head
     assert cache.layers[0].nbytes() == 2 * 2 * 64 * (32 + 4 + 16 + 4)
     assert cache.fp16_nbytes() == 2 * (2 * 2 * 64 * 2 * D * 2)
+    assert cache.uncompressed_nbytes() == 4 * (2 * 2 * 64 * 2 * D * 2)  # fp32 K/V: 4 bytes an element
     compressed_only = CompressedDynamicCache(initial_capacity=64)
     compressed_only.update(*_kv(2, 2, 64, device=device), 0)
-    assert compressed_only.compression_ratio() == pytest.approx(2 * D / (D // 2 + 4))  # 3.56x at D=64; 3.76x at D=128
+    # against the fp32 K/V it was given (7.1x at D=64); 3.56x against 16 bits
+    assert compressed_only.compression_ratio() == pytest.approx(4 * D / (D // 2 + 4))
+    assert compressed_only.fp16_nbytes() / compressed_only.nbytes() == pytest.approx(2 * D / (D // 2 + 4))
 
 
 def test_layer_policy_from_config():

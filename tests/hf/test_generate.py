@@ -5,7 +5,7 @@ import torch
 from transformers import DynamicCache
 
 import tqgen.hf
-from tqgen.hf import CompressedDynamicCache, CompressedLayer, FullPrecisionLayer
+from tqgen.hf import CompressedDynamicCache, CompressedLayer, FullPrecisionLayer, cache_kwargs
 from tqgen.hf.testing_models import tiny_causal_lm
 from tqgen.testing import LOGITS_TOLERANCE, assert_close
 
@@ -27,7 +27,7 @@ def _tokens(batch: int, n: int, seed: int = 0) -> torch.Tensor:
 
 def _greedy(model, ids, cache=None, **kwargs):
     return model.generate(
-        ids, max_new_tokens=NEW, do_sample=False, past_key_values=cache,
+        ids, max_new_tokens=NEW, do_sample=False, **cache_kwargs(model, cache, "generate"),
         output_logits=True, return_dict_in_generate=True, **kwargs,
     )
 
@@ -37,7 +37,7 @@ def _step_logits(model, cache, tokens: torch.Tensor, chunks: list[int]) -> list[
     """Feed ``tokens`` in chunks of the given sizes through ``model`` with ``cache``: last logits of each."""
     logits, start = [], 0
     for size in chunks:
-        out = model(tokens[:, start : start + size], past_key_values=cache, use_cache=True)
+        out = model(tokens[:, start : start + size], **cache_kwargs(model, cache), use_cache=True)
         logits.append(out.logits[:, -1].float())
         start += size
     return logits
@@ -114,9 +114,9 @@ def test_beam_search_reorders_the_compressed_cache(device):
     model = tiny_causal_lm("llama", head_dim=64, kv_heads=1, layers=1, initializer_range=0.02).to(device)
     ids = _tokens(1, 8, seed=7).to(device)  # this prompt's beams swap rows mid-generation
     beams = dict(max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False, early_stopping=True)
-    expected = model.generate(ids, past_key_values=CompressedDynamicCache(model.config), **beams)
+    expected = model.generate(ids, **cache_kwargs(model, CompressedDynamicCache(model.config), "generate"), **beams)
     cache = tqgen.hf.enable(model)
-    got = model.generate(ids, past_key_values=cache, **beams)
+    got = model.generate(ids, **cache_kwargs(model, cache, "generate"), **beams)
     assert torch.equal(got, expected)
     assert cache.layers[0].batch == 3
     tqgen.hf.uninstall_fused_tq4_kv(model)
@@ -132,9 +132,9 @@ def test_assisted_decoding_crops_and_verifies_chunks(assistance, device):
     else:
         assist = dict(assistant_model=tiny_causal_lm("llama", head_dim=64, layers=1, initializer_range=0.02, seed=1).to(device))
     ids = torch.tensor([[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6]], device=device)
-    greedy = model.generate(ids, max_new_tokens=5, do_sample=False, past_key_values=tqgen.hf.enable(model))
+    greedy = model.generate(ids, max_new_tokens=5, do_sample=False, **cache_kwargs(model, tqgen.hf.enable(model), "generate"))
     cache = tqgen.hf.enable(model)
-    assisted = model.generate(ids, max_new_tokens=5, do_sample=False, past_key_values=cache, **assist)
+    assisted = model.generate(ids, max_new_tokens=5, do_sample=False, **cache_kwargs(model, cache, "generate"), **assist)
     assert torch.equal(assisted, greedy)
     assert cache.get_seq_length() == greedy.shape[1] - 1
     tqgen.hf.uninstall_fused_tq4_kv(model)

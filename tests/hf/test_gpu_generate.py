@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache
 
 import tqgen.hf
-from tqgen.hf import CompressedDynamicCache
+from tqgen.hf import CompressedDynamicCache, cache_kwargs
 from tqgen.hf.testing_models import tiny_causal_lm
 from tqgen.testing import assert_close
 
@@ -17,9 +17,9 @@ pytestmark = pytest.mark.gpu
 @torch.no_grad()
 def _step_logits(model, cache, tokens: torch.Tensor, prompt: int) -> list[torch.Tensor]:
     """Prefill ``prompt`` tokens, then one token per step: the last logits of each forward."""
-    logits = [model(tokens[:, :prompt], past_key_values=cache).logits[:, -1].float()]
+    logits = [model(tokens[:, :prompt], **cache_kwargs(model, cache)).logits[:, -1].float()]
     for t in range(prompt, tokens.shape[1]):
-        logits.append(model(tokens[:, t : t + 1], past_key_values=cache).logits[:, -1].float())
+        logits.append(model(tokens[:, t : t + 1], **cache_kwargs(model, cache)).logits[:, -1].float())
     return logits
 
 
@@ -54,7 +54,7 @@ def test_vanilla_backend_matches_sdpa_fp16():
 
 _MEASURE_CACHE_ALLOCATIONS = """
 import torch
-from tqgen.hf import CompressedDynamicCache
+from tqgen.hf import CompressedDynamicCache, cache_kwargs
 k = torch.randn(4, 8, 1000, 128, dtype=torch.float16, device="cuda")
 warm = CompressedDynamicCache(k_bits=4, v_bits=3)
 warm.update(k[:, :, :1], k[:, :, :1], 0)  # rotation and codebooks on the device, cached for good

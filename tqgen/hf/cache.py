@@ -24,15 +24,17 @@ own TurboQuant (rotation and codebook); layers of the same (head_dim, bits) shar
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicSlidingWindowLayer
 
 from tqgen.compressed import CompressedTensor
 from tqgen.turboquant import TurboQuant
-from tqgen.validation import check_bits
+from tqgen.validation import check_batch_indices, check_bits, check_head_dim
 
 SkipPolicy = Iterable[int] | Callable[[int], bool] | None
 
@@ -43,6 +45,55 @@ CAPACITY_GRANULE = 64
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def cache_kwarg(model: object, method: str = "forward") -> str:
+    """The keyword that ``model.forward`` (``method="forward"``) or ``model.generate``
+    (``method="generate"``) takes the KV cache by in the installed transformers.
+
+    Newer transformers 5.x take ``cache=`` and warn that ``past_key_values=`` is deprecated; older
+    ones only know ``past_key_values=``.  Read from the signatures (``generate`` passes its cache
+    on to ``prepare_inputs_for_generation``), not guessed from a version number.
+    """
+    if method not in ("forward", "generate"):
+        raise ValueError(f"method must be 'forward' or 'generate', got {method!r}")
+    name = "forward" if method == "forward" else "prepare_inputs_for_generation"
+    fn = getattr(model, name, None)
+    if fn is None:
+        raise TypeError(f"model must be a transformers model with a `{name}` method, got {type(model).__name__}")
+    params = inspect.signature(fn).parameters
+    for keyword in ("cache", "past_key_values"):
+        if keyword in params:
+            return keyword
+    raise TypeError(
+        f"{type(model).__name__}.{name} takes neither `cache` nor `past_key_values`: cannot pass it a KV cache"
+    )
+
+
+def cache_kwargs(model: object, cache: object, method: str = "forward") -> dict[str, object]:
+    """``{keyword: cache}`` for ``model.forward(**...)`` / ``model.generate(**...)``, see :func:`cache_kwarg`::
+
+        model.generate(**inputs, **tqgen.hf.cache_kwargs(model, cache, "generate"), max_new_tokens=64)
+    """
+    return {cache_kwarg(model, method): cache}
+
+
+@dataclass(frozen=True)
+class LayerSizes:
+    """Sizes of the layers of one kind (see :meth:`CompressedDynamicCache.size_report`).
+
+    ``nbytes``: bytes allocated (capacity-based for tqgen's layers).  ``uncompressed_nbytes``: bytes
+    the same tokens take in an uncompressed cache in the model's own dtype (the dtype of the K/V
+    the layers were given).  ``ratio``: how many times smaller than that (nan when empty).
+    """
+
+    layers: int
+    nbytes: int
+    uncompressed_nbytes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.uncompressed_nbytes / self.nbytes if self.nbytes else float("nan")
 
 
 class PreallocatedLayer(CacheLayerMixin):
@@ -86,19 +137,29 @@ class PreallocatedLayer(CacheLayerMixin):
         self.is_initialized = True
 
     def _append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> int:
-        """Write the new tokens after the current ones; returns where they start."""
-        if not self.is_initialized:
+        """Write the new tokens after the current ones; returns where they start.
+
+        Atomic: if anything raises, the layer is as before the call (a first update leaves it
+        uninitialised, so a later call starts afresh instead of finding half-built state).
+        """
+        fresh = not self.is_initialized
+        if fresh:
             self.lazy_initialization(key_states, value_states)
-        expected = (self.batch, self.kv_heads)
-        for name, states in (("key_states", key_states), ("value_states", value_states)):
-            if tuple(states.shape[:2]) != expected:
-                raise ValueError(
-                    f"{name} has batch/heads {tuple(states.shape[:2])} but this cache layer holds {expected}: "
-                    "call cache.reset() before reusing the cache for a different batch"
-                )
-        start, new = self.length, key_states.shape[-2]
-        self.reserve(start + new)
-        self._write(key_states, value_states, start)
+        try:
+            expected = (self.batch, self.kv_heads)
+            for name, states in (("key_states", key_states), ("value_states", value_states)):
+                if tuple(states.shape[:2]) != expected:
+                    raise ValueError(
+                        f"{name} has batch/heads {tuple(states.shape[:2])} but this cache layer holds {expected}: "
+                        "call cache.reset() before reusing the cache for a different batch"
+                    )
+            start, new = self.length, key_states.shape[-2]
+            self.reserve(start + new)
+            self._write(key_states, value_states, start)
+        except BaseException:
+            if fresh:
+                self.reset()
+            raise
         self.length = start + new
         return start
 
@@ -157,12 +218,16 @@ class PreallocatedLayer(CacheLayerMixin):
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Beam search: row ``i`` becomes old row ``beam_idx[i]``."""
+        if self._buffers:
+            check_batch_indices("beam_idx", beam_idx, self.batch)
         self._reindex_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         self._reindex_batch(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self._buffers:
+            check_batch_indices("indices", indices, self.batch)
         self._reindex_batch(lambda t: t[indices])
 
     def offload(self) -> None:
@@ -176,11 +241,19 @@ class PreallocatedLayer(CacheLayerMixin):
         """Bytes allocated for this layer's buffers (capacity, not length)."""
         return sum(t.numel() * t.element_size() for t in self._buffers.values())
 
-    def fp16_nbytes(self) -> int:
-        """Bytes a 16-bit K/V cache holding the same tokens would use."""
+    def _elements(self) -> int:
+        """K and V elements of the cached tokens, uncompressed."""
         if not self.is_initialized:
             return 0
-        return 2 * self.batch * self.kv_heads * self.length * (self.key_dim + self.value_dim)
+        return self.batch * self.kv_heads * self.length * (self.key_dim + self.value_dim)
+
+    def uncompressed_nbytes(self) -> int:
+        """Bytes the cached tokens take uncompressed in the model's dtype (the dtype of the K/V given)."""
+        return self._elements() * self.dtype.itemsize if self.is_initialized else 0
+
+    def fp16_nbytes(self) -> int:
+        """Bytes the cached tokens take uncompressed in a 16-bit dtype (2 bytes an element)."""
+        return 2 * self._elements()
 
 
 class FullPrecisionLayer(PreallocatedLayer):
@@ -225,9 +298,11 @@ class CompressedLayer(PreallocatedLayer):
         initial_capacity: int = 0,
         fused_mode: bool = False,
         exact_prefill: bool = True,
+        layer_idx: int | None = None,
     ) -> None:
         super().__init__(growth=growth, initial_capacity=initial_capacity)
         self._key_quantizer, self._value_quantizer = key_quantizer, value_quantizer
+        self.layer_idx = layer_idx
         self.fused_mode = fused_mode
         self.exact_prefill = exact_prefill
         # The key tensor the last update returned when the fused backend must read the
@@ -235,14 +310,25 @@ class CompressedLayer(PreallocatedLayer):
         self.fused_key: torch.Tensor | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
-        self.key_quant = self._key_quantizer(self.key_dim)
-        self.value_quant = self._value_quantizer(self.value_dim)
+        # Everything that may fail (an unsupported head_dim, say) runs before any state is set.
+        where = "" if self.layer_idx is None else f"layer {self.layer_idx}: "
+        quants = {}
+        for prefix, name, states, factory in (
+            ("k", "key_states", key_states, self._key_quantizer),
+            ("v", "value_states", value_states, self._value_quantizer),
+        ):
+            head_dim = states.shape[-1]
+            try:
+                check_head_dim(f"{where}{name}", head_dim)
+            except ValueError as err:
+                raise ValueError(f"{err}: TurboQuant cannot compress it; keep the layer uncompressed with skip_layers") from None
+            quants[prefix] = factory(head_dim)
+        device = key_states.device
         # Codebook and rotation on the cache's device, looked up once rather than every step.
-        self._tables = {
-            prefix: (quant, quant.centroids(self.device), quant.rotation(self.device))
-            for prefix, quant in (("k", self.key_quant), ("v", self.value_quant))
-        }
+        tables = {prefix: (quant, quant.centroids(device), quant.rotation(device)) for prefix, quant in quants.items()}
+        super().lazy_initialization(key_states, value_states)
+        self.key_quant, self.value_quant = quants["k"], quants["v"]
+        self._tables = tables
 
     def _allocate(self, capacity: int) -> dict[str, torch.Tensor]:
         k = self.key_quant.empty(self.batch, self.kv_heads, capacity, self.device)
@@ -311,14 +397,18 @@ def _window(config: object, layer_idx: int) -> int:
 
 
 class CompressedDynamicCache(Cache):
-    """TurboQuant-compressed KV cache for transformers models (pass it as ``past_key_values``).
+    """TurboQuant-compressed KV cache for transformers models.
+
+    Pass it as ``cache=`` (``past_key_values=`` on transformers that predate the rename;
+    :func:`cache_kwargs` picks the right one).
 
     Args:
         config: the model's config (or text config). With it, layers are built up front and
             sliding-window layers are recognised; without it, layers are created on first use.
         k_bits / v_bits: code widths of K and V (2, 3 or 4).
         skip_layers: layers to keep uncompressed: indices (negative ones count from the end; needs
-            ``config`` or ``num_layers``) or a predicate ``layer_idx -> bool``.
+            ``config`` or ``num_layers``; out-of-range indices are an error) or a predicate
+            ``layer_idx -> bool``.
         num_layers: the layer count when no config is given (for negative ``skip_layers``).
         seed: rotation seed (42 matches turboquant_vllm, so either package reads the other's codes).
         growth: factor the capacity grows by when full (> 1).
@@ -352,6 +442,8 @@ class CompressedDynamicCache(Cache):
         self.num_layers = num_layers
         self._skip = self._skip_predicate(skip_layers, num_layers)
         layers = [self._make_layer(i) for i in range(num_layers)] if self._config is not None else []
+        if self._config is not None:
+            self._check_head_dims(layers)
         super().__init__(layers=layers)
 
     # -- policy ----------------------------------------------------------------------------------
@@ -361,14 +453,47 @@ class CompressedDynamicCache(Cache):
             return lambda idx: False
         if callable(skip_layers):
             return skip_layers
+        if isinstance(skip_layers, (str, bytes)) or not isinstance(skip_layers, Iterable):
+            raise TypeError(
+                f"skip_layers must be layer indices or a predicate layer_idx -> bool, got {type(skip_layers).__name__}"
+            )
+        if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 0):
+            raise ValueError(f"num_layers must be an int >= 0, got {num_layers!r}")
         indices = set()
         for idx in skip_layers:
+            if isinstance(idx, bool) or not isinstance(idx, int):
+                raise TypeError(f"skip_layers must hold int layer indices, got {idx!r}")
+            if num_layers is not None and not -num_layers <= idx < num_layers:
+                raise ValueError(
+                    f"skip_layers index {idx} is out of range for a model of {num_layers} layers "
+                    f"(valid: {-num_layers} to {num_layers - 1})"
+                )
             if idx < 0:
                 if num_layers is None:
                     raise ValueError("negative skip_layers need the layer count: pass config= or num_layers=")
                 idx += num_layers
             indices.add(idx)
         return indices.__contains__
+
+    def _check_head_dims(self, layers: list[CacheLayerMixin]) -> None:
+        """Refuse, at construction, a compressed layer whose head_dim TurboQuant cannot compress."""
+        config = self._config
+        head_dim = getattr(config, "head_dim", None)
+        if head_dim is None:
+            hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+            if isinstance(hidden, int) and isinstance(heads, int) and heads > 0:
+                head_dim = hidden // heads
+        if isinstance(head_dim, bool) or not isinstance(head_dim, int):
+            return  # not derivable from the config: checked when the layer first sees K/V
+        for idx, layer in enumerate(layers):
+            if isinstance(layer, CompressedLayer):
+                try:
+                    check_head_dim(f"layer {idx}", head_dim)
+                except ValueError as err:
+                    raise ValueError(
+                        f"{err} (config.head_dim): TurboQuant cannot compress it; keep such layers "
+                        "uncompressed with skip_layers"
+                    ) from None
 
     def quantizer(self, head_dim: int, bits: int) -> TurboQuant:
         """The TurboQuant for (head_dim, bits), shared by every layer that uses it."""
@@ -389,6 +514,7 @@ class CompressedDynamicCache(Cache):
             initial_capacity=self.initial_capacity,
             fused_mode=self._fused_mode,
             exact_prefill=self.exact_prefill,
+            layer_idx=layer_idx,
         )
 
     def is_compressed(self, layer_idx: int) -> bool:
@@ -431,6 +557,29 @@ class CompressedDynamicCache(Cache):
         """Pre-5.16 name of ``get_max_length``."""
         return self.get_max_length(layer_idx)
 
+    def _batch_size(self) -> int | None:
+        for layer in self.layers:
+            if isinstance(layer, PreallocatedLayer) and layer.is_initialized:
+                return layer.batch
+            keys = getattr(layer, "keys", None)
+            if getattr(layer, "is_initialized", False) and isinstance(keys, torch.Tensor):
+                return keys.shape[0]
+        return None
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: row ``i`` of every layer becomes old row ``beam_idx[i]``."""
+        batch = self._batch_size()
+        if batch is not None:
+            check_batch_indices("beam_idx", beam_idx, batch)
+        super().reorder_cache(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows ``indices`` of every layer."""
+        batch = self._batch_size()
+        if batch is not None:
+            check_batch_indices("indices", indices, batch)
+        super().batch_select_indices(indices)
+
     def reserve(self, tokens: int) -> None:
         """Make every initialised layer hold ``tokens`` tokens without reallocating."""
         for layer in self.layers:
@@ -438,30 +587,65 @@ class CompressedDynamicCache(Cache):
                 layer.reserve(tokens)
 
     # -- sizes ---------------------------------------------------------------------------------------
+    @staticmethod
+    def layer_kind(layer: CacheLayerMixin) -> str:
+        """``"compressed"``, ``"uncompressed"`` (kept full precision by ``skip_layers``) or ``"sliding"``
+        (a sliding-window/chunked layer: transformers' own, uncompressed, bounded by its window)."""
+        if isinstance(layer, CompressedLayer):
+            return "compressed"
+        if isinstance(layer, PreallocatedLayer):
+            return "uncompressed"
+        return "sliding" if getattr(layer, "is_sliding", False) else "uncompressed"
+
+    @staticmethod
+    def _layer_sizes(layer: CacheLayerMixin) -> tuple[int, int, int]:
+        """(allocated bytes, bytes uncompressed in the model's dtype, bytes uncompressed in 16 bits)."""
+        if isinstance(layer, PreallocatedLayer):
+            return layer.nbytes(), layer.uncompressed_nbytes(), layer.fp16_nbytes()
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if not getattr(layer, "is_initialized", False) or not isinstance(keys, torch.Tensor):
+            return 0, 0, 0
+        held = sum(t.numel() * t.element_size() for t in (keys, values))
+        return held, held, 2 * (keys.numel() + values.numel())
+
+    def size_report(self) -> dict[str, LayerSizes]:
+        """Sizes per layer kind (:meth:`layer_kind`), e.g. for a sliding-window model::
+
+            {"compressed": LayerSizes(layers=3, nbytes=..., uncompressed_nbytes=...),
+             "sliding": LayerSizes(layers=15, ...)}
+
+        ``uncompressed_nbytes`` is measured in the model's own dtype (fp32 K/V count 4 bytes an
+        element), so each kind's ``ratio`` compares like with like.  Kinds with no layer are left out.
+        """
+        totals: dict[str, list[int]] = {}
+        for layer in self.layers:
+            entry = totals.setdefault(self.layer_kind(layer), [0, 0, 0])
+            held, uncompressed, _ = self._layer_sizes(layer)
+            entry[0] += 1
+            entry[1] += held
+            entry[2] += uncompressed
+        return {kind: LayerSizes(*entry) for kind, entry in totals.items()}
+
     def nbytes(self) -> int:
         """Bytes allocated for the cached K/V (codes + norms of compressed layers, capacity-based)."""
-        total = 0
-        for layer in self.layers:
-            if isinstance(layer, PreallocatedLayer):
-                total += layer.nbytes()
-            elif getattr(layer, "is_initialized", False) and layer.keys is not None:
-                total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values))
-        return total
+        return sum(self._layer_sizes(layer)[0] for layer in self.layers)
+
+    def uncompressed_nbytes(self) -> int:
+        """Bytes an uncompressed cache in the model's own dtype would use for the same tokens
+        (what a ``DynamicCache`` holds; sliding-window layers count what they hold)."""
+        return sum(self._layer_sizes(layer)[1] for layer in self.layers)
 
     def fp16_nbytes(self) -> int:
-        """Bytes a 16-bit ``DynamicCache`` holding the same tokens would use."""
-        total = 0
-        for layer in self.layers:
-            if isinstance(layer, PreallocatedLayer):
-                total += layer.fp16_nbytes()
-            elif getattr(layer, "is_initialized", False) and layer.keys is not None:
-                total += 2 * (layer.keys.numel() + layer.values.numel())
-        return total
+        """Bytes an uncompressed 16-bit cache would use for the same tokens (2 bytes an element,
+        whatever the model's dtype)."""
+        return sum(self._layer_sizes(layer)[2] for layer in self.layers)
 
     def compression_ratio(self) -> float:
-        """``fp16_nbytes() / nbytes()``: how many times smaller than fp16 (e.g. ~3.7 at 4 bits, D=128)."""
+        """``uncompressed_nbytes() / nbytes()``: how many times smaller than an uncompressed cache in
+        the model's own dtype (about 3.7 at 4 bits, D=128, for fp16/bf16 models; twice that for fp32).
+        :meth:`size_report` gives it per layer kind."""
         allocated = self.nbytes()
-        return self.fp16_nbytes() / allocated if allocated else float("nan")
+        return self.uncompressed_nbytes() / allocated if allocated else float("nan")
 
     def __repr__(self) -> str:
         return (
