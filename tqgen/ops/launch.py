@@ -114,7 +114,11 @@ def _launch_hooks() -> bool:
         from triton import knobs
     except ImportError:  # pragma: no cover - triton < 3.4
         return False
-    return knobs.runtime.launch_enter_hook is not None or knobs.runtime.launch_exit_hook is not None
+    for hook in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
+        # Triton >= 3.6 keeps a HookChain there, empty unless a profiler registered a hook.
+        if hook is not None and getattr(hook, "calls", True):
+            return True
+    return False
 
 
 @functools.lru_cache(maxsize=None)
