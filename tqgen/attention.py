@@ -33,6 +33,8 @@ from tqgen.validation import (
     check_same_device,
     check_shape,
     check_tensor,
+    forward_only,
+    wants_grad,
 )
 
 KV = Union[torch.Tensor, CompressedTensor]
@@ -232,6 +234,9 @@ def attention(
     Returns:
         ``[B, H_q, N_q, D]`` in q's dtype (``out`` when given).
     """
+    if wants_grad(q, k, v, attention_mask):  # no backward: never return a result cut from the graph
+        return forward_only("tqgen.attention", lambda: attention(
+            q, k, v, sm_scale, is_causal, attention_mask, schedule=schedule), q, k, v, attention_mask, out=out)
     signature = _signature(q, k, v, sm_scale, is_causal, attention_mask, out, schedule)
     plan = _PLANS.get(signature) if signature is not None else None
     if plan is not None:

@@ -109,3 +109,57 @@ def check_batch_indices(name: str, indices: object, batch: int) -> torch.Tensor:
                 f"got values from {lo} to {hi}"
             )
     return t
+
+
+def wants_grad(*values: object) -> bool:
+    """Would autograd need a gradient through a kernel reading ``values``?  (Tensors, or
+    CompressedTensor-like objects whose ``norms`` might require grad.)"""
+    if not torch.is_grad_enabled():
+        return False
+    for value in values:
+        t = value if isinstance(value, torch.Tensor) else getattr(value, "norms", None)
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            return True
+    return False
+
+
+class _Box:
+    """Carries the kernel's output through ``Function.apply`` without making it an input."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+
+class _NoBackward(torch.autograd.Function):
+    """Attaches a grad_fn that raises: the graph is not silently cut, and backward says why."""
+
+    @staticmethod
+    def forward(ctx, box: _Box, name: str, *inputs: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        ctx.name = name
+        return box.tensor
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> None:
+        raise RuntimeError(
+            f"{ctx.name} has no backward pass: tqgen's kernels compute the forward only, so no gradient "
+            "can flow through them. Run inference under torch.no_grad() or torch.inference_mode(); to "
+            "train, use an attention with a backward (e.g. model.set_attn_implementation('sdpa'))"
+        )
+
+
+def forward_only(name: str, run, *inputs: object, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``run()`` (a kernel launch) for inputs that require grad: the result carries a grad_fn whose
+    backward raises a clear error, rather than being a tensor silently cut from the graph.
+
+    ``out=`` cannot carry a graph (as in torch), so it is refused when a gradient is wanted.
+    """
+    if out is not None:
+        raise ValueError(
+            f"{name}: out= is not supported when an input requires grad (autograd cannot track a "
+            "preallocated output); pass out=None, or run under torch.no_grad()"
+        )
+    with torch.no_grad():
+        result = run()
+    tensors = [v if isinstance(v, torch.Tensor) else v.norms for v in inputs
+               if isinstance(v, torch.Tensor) or isinstance(getattr(v, "norms", None), torch.Tensor)]
+    return _NoBackward.apply(_Box(result), name, *tensors)

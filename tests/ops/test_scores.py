@@ -94,6 +94,9 @@ def _args(device):
         (dict(q_rotated=torch.randn(1, 4, 3, 64, dtype=torch.float64)), "q_rotated must have dtype"),
         (dict(packed_indices=torch.zeros(1, 2, 5, 32, dtype=torch.int8)), "packed_indices must have dtype uint8"),
         (dict(norms=torch.zeros(1, 2, 6)), "norms must have shape"),
+        (dict(scale=float("nan")), "scale must be finite"),
+        (dict(scale=float("inf")), "scale must be finite"),
+        (dict(scale="0.1x"), "scale must be a real number"),
     ],
 )
 def test_bad_arguments(device, change, match):

@@ -8,6 +8,8 @@ positions and reads every key tile once per GQA group.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from tqgen.codegen.loader import kernel
@@ -23,6 +25,8 @@ from tqgen.validation import (
     check_same_device,
     check_shape,
     check_tensor,
+    forward_only,
+    wants_grad,
 )
 
 _BITS_FOR_LEVELS = {1 << bits: bits for bits in SUPPORTED_BITS}
@@ -52,9 +56,20 @@ def fused_qk_scores(
         out: optional fp32 output buffer (contiguous last dim); allocated if None.
 
     score[b, h, i, n] = scale * norm[n] * <q_rotated[b, h, i], c[idx[n]]>, computed in
-    one launch for all query positions.
+    one launch for all query positions.  There is no backward pass: with inputs that require
+    grad the scores carry a grad_fn whose backward raises.
     """
+    if wants_grad(q_rotated, norms, centroids):
+        return forward_only("tqgen.fused_qk_scores", lambda: fused_qk_scores(
+            q_rotated, packed_indices, norms, centroids, scale, n_q_heads=n_q_heads, n_kv_heads=n_kv_heads),
+            q_rotated, norms, centroids, out=out)
     check_tensor("q_rotated", q_rotated, ndim=4, dtypes=FLOAT_DTYPES)
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"scale must be a real number (the softmax scale), got {scale!r}") from None
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite (the softmax scale, typically 1/sqrt(D)), got {scale}")
     batch, q_heads, n_q, head_dim = q_rotated.shape
     check_head_dim("q_rotated", head_dim)
     check_tensor("centroids", centroids, ndim=1, dtypes=FLOAT_DTYPES)
