@@ -170,6 +170,10 @@ def emulate(asm: str, inputs: dict[str, int]) -> dict[str, int]:
             r = _lop3(*v)
         elif op == "shr.b32":
             r = v[0] >> v[1]
+        elif op == "shl.b32":
+            r = v[0] << v[1]
+        elif op == "and.b32":
+            r = v[0] & v[1]
         elif op == "sub.u32":
             r = (v[0] - v[1]) & 0xFFFFFFFF
         else:
