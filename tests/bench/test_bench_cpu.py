@@ -73,19 +73,29 @@ def test_compress_suite_tiny(ctx):
 
 
 def test_e2e_suite_tiny(ctx):
+    """All four contenders (compiled ones through aot_eager on the CPU) in one run, with their metrics."""
     shape = e2e.ModelShape(hidden=128, layers=2, q_heads=4, kv_heads=1, head_dim=64, intermediate=256, vocab=256)
-    case = e2e.E2ECase(2, 60, 2, warmup=1, rounds=2)
+    case = e2e.E2ECase(2, 60, 1, warmup=1, rounds=2)
+    torch._dynamo.reset()
     result = e2e.run(ctx, [case], shape=shape)
-    base, ours = result["rows"]
-    assert base["impl"] == "sdpa+DynamicCache" and ours["impl"] == "tqgen K4V4"
-    assert base["error"] is None and ours["error"] is None, (base["error"], ours["error"])
-    assert ours["kv_cache_gib"] < base["kv_cache_gib"]
-    assert ours["tokens_per_s"] > 0 and ours["vs_sdpa"] > 0 and ours["finite_logits"]
-    assert ours["logits_cos_vs_sdpa"] > 0.95  # same K/V and tokens: only the 4-bit error differs
-    assert "first_logits" not in ours and "first_logits" not in base
-    for row in (base, ours):  # alternating rounds, tokens/s from the median round
-        assert row["steps"] == 4 and len(row["ms_per_step_rounds"]) == 2
+    torch._dynamo.reset()
+    rows = {r["impl"]: r for r in result["rows"]}
+    assert list(rows) == list(e2e.IMPLS), result["rows"]
+    assert all(r["error"] is None for r in rows.values()), [r["error"] for r in rows.values()]
+    base = rows[e2e.SDPA]
+    for impl in (e2e.TQGEN, e2e.TQGEN_STATIC):
+        assert rows[impl]["kv_cache_gib"] < rows[e2e.SDPA_STATIC]["kv_cache_gib"]
+        assert rows[impl]["logits_cos_vs_sdpa"] > 0.95  # same K/V and tokens: only the 4-bit error differs
+    assert rows[e2e.SDPA_STATIC]["logits_cos_vs_sdpa"] > 0.999
+    for impl, row in rows.items():
+        assert row["tokens_per_s"] > 0 and row["finite_logits"] and "first_logits" not in row
+        assert row["steps"] == 2 and len(row["ms_per_step_rounds"]) == 2  # alternating rounds, median round
         assert math.isclose(row["tokens_per_s"], 2 / (row["ms_per_step"] / 1e3))
+        assert ("compile_s" in row) == (impl in e2e.COMPILED)
+        assert row["vs_sdpa"] > 0 and row["vs_sdpa_static"] > 0
+        fp16 = impl in (e2e.SDPA, e2e.SDPA_STATIC)
+        kv = 2 * 2 * 2 * 1 * 60 * (2 * 64 if fp16 else 32 + 4)  # K+V, layers, B, kv heads, tokens, bytes a vector
+        assert row["bytes_per_step"] - kv == base["bytes_per_step"] - 2 * 2 * 2 * 60 * 128
 
 
 def test_time_sdpa_picks_the_fastest_backend(device):

@@ -30,8 +30,9 @@ _COLUMNS: dict[str, list[tuple[str, str, str]]] = {
                  ("of copy", "frac_copy", "%"), ("target", "target", "s"), ("pass", "pass", "pass"),
                  ("code diff", "check_code_mismatch", ".0e")],
     "e2e": [("case", "case", "s"), ("impl", "impl", "s"), ("tok/s", "tokens_per_s", ".1f"),
-            ("ms/step", "ms_per_step", ".1f"), ("KV GiB", "kv_cache_gib", ".2f"), ("peak GiB", "peak_gib", ".1f"),
-            ("vs SDPA", "vs_sdpa", "x")],
+            ("ms/step", "ms_per_step", ".1f"), ("of ceiling", "frac_ceiling", "%"), ("KV GiB", "kv_cache_gib", ".2f"),
+            ("peak GiB", "peak_gib", ".1f"), ("compile s", "compile_s", ".0f"), ("vs SDPA", "vs_sdpa", "x"),
+            ("vs SDPA compiled", "vs_sdpa_static", "x")],
 }
 
 
