@@ -42,7 +42,11 @@ def compress_kernel(
     # ---- rotate: y_k = x @ Pi[4*j + k, :].T, one dot per plane, streamed over
     # 64-column slices of x and Pi; the squared norm accumulates on the way.
     # tf32x3 keeps fp32 accuracy, so the codes match an fp32 reference except on near-ties.
+    # Both run on x / s, s the power of two at or below the row's largest |x| so far (the
+    # accumulators are rescaled when it grows): x * x neither overflows (|x| > ~1e19) nor
+    # underflows (|x| < ~1e-19), and power-of-two scaling is exact, so nothing else changes.
     sum_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    x_scale = tl.zeros([BLOCK_T], dtype=tl.float32)
     y_0 = tl.zeros([BLOCK_T, 64], dtype=tl.float32)
     y_1 = tl.zeros([BLOCK_T, 64], dtype=tl.float32)
     y_2 = tl.zeros([BLOCK_T, 64], dtype=tl.float32)
@@ -52,40 +56,47 @@ def compress_kernel(
         col_ok = cols < 256
         x = tl.load(x_rows[:, None] + cols[None, :], mask=token_ok[:, None] & col_ok[None, :], other=0.0)
         x = x.to(tl.float32)
-        sum_sq += tl.sum(x * x, axis=1)
+        exponent = tl.max(tl.abs(x), axis=1).to(tl.int32, bitcast=True) & 0x7F800000
+        chunk_scale = tl.where(exponent == 0, 1.1754943508222875e-38, exponent.to(tl.float32, bitcast=True))
+        new_scale = tl.maximum(x_scale, chunk_scale)
+        rescale = x_scale / new_scale
+        x_scale = new_scale
+        x = x * (1.0 / new_scale)[:, None]
+        sum_sq = sum_sq * rescale * rescale + tl.sum(x * x, axis=1)
         pi_rows = 4 * j + 0
         pi = tl.load(
             rotation_ptr + pi_rows[:, None] * 256 + cols[None, :],
             mask=(pi_rows < 256)[:, None] & col_ok[None, :],
             other=0.0,
         )
-        y_0 = tl.dot(x, tl.trans(pi), y_0, input_precision="tf32x3")
+        y_0 = tl.dot(x, tl.trans(pi), y_0 * rescale[:, None], input_precision="tf32x3")
         pi_rows = 4 * j + 1
         pi = tl.load(
             rotation_ptr + pi_rows[:, None] * 256 + cols[None, :],
             mask=(pi_rows < 256)[:, None] & col_ok[None, :],
             other=0.0,
         )
-        y_1 = tl.dot(x, tl.trans(pi), y_1, input_precision="tf32x3")
+        y_1 = tl.dot(x, tl.trans(pi), y_1 * rescale[:, None], input_precision="tf32x3")
         pi_rows = 4 * j + 2
         pi = tl.load(
             rotation_ptr + pi_rows[:, None] * 256 + cols[None, :],
             mask=(pi_rows < 256)[:, None] & col_ok[None, :],
             other=0.0,
         )
-        y_2 = tl.dot(x, tl.trans(pi), y_2, input_precision="tf32x3")
+        y_2 = tl.dot(x, tl.trans(pi), y_2 * rescale[:, None], input_precision="tf32x3")
         pi_rows = 4 * j + 3
         pi = tl.load(
             rotation_ptr + pi_rows[:, None] * 256 + cols[None, :],
             mask=(pi_rows < 256)[:, None] & col_ok[None, :],
             other=0.0,
         )
-        y_3 = tl.dot(x, tl.trans(pi), y_3, input_precision="tf32x3")
+        y_3 = tl.dot(x, tl.trans(pi), y_3 * rescale[:, None], input_precision="tf32x3")
 
-    # ---- norm: fp32.  Dividing by max(n, FLT_MIN) like the reference keeps a zero vector
-    # at y = 0 with norm 0, so it decodes to exact zeros.
-    norm = tl.sqrt_rn(sum_sq)
-    inv_norm = 1.0 / tl.maximum(norm, 1.1754943508222875e-38)
+    # ---- norm: fp32, n = s * ||x / s||.  Dividing by max(n, FLT_MIN) like the reference keeps a
+    # zero vector at y = 0 with norm 0, so it decodes to exact zeros.
+    norm_scaled = tl.sqrt_rn(sum_sq)
+    norm = norm_scaled * x_scale
+    inv_norm = 1.0 / tl.maximum(norm_scaled, 1.1754943508222875e-38)
     y_0 = y_0 * inv_norm[:, None]
     y_1 = y_1 * inv_norm[:, None]
     y_2 = y_2 * inv_norm[:, None]
