@@ -202,3 +202,9 @@ def test_bf16_round_trip_long(device):
                                          cache.centroids, cache.rotation), dtype=torch.bfloat16)
     measured = ((x.float() - out.float()).square().sum(-1) / x.float().square().sum(-1)).mean().item()
     assert measured == pytest.approx(tq.codebook.mse(), rel=0.05)
+
+
+@pytest.mark.parametrize("bits", (4.0, True, "4", None))
+def test_bits_of_the_wrong_type_are_refused_at_construction(bits):
+    with pytest.raises(TypeError, match="bits must be an int"):
+        TurboQuant(64, bits=bits)

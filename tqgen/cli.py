@@ -40,6 +40,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from tqgen.spec import default_matrix, select
 
     specs = select(default_matrix(), args.only)
+    if not specs:
+        raise ValueError(f"--only {args.only!r} matches no variant of the matrix")
     rows = [
         (s.id, s.family.value, s.head_dim, s.k_bits or "-", s.v_bits or "-", s.group, s.causal, s.rotate)
         for s in specs
@@ -51,6 +53,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from tqgen.info import info_rows
+    from tqgen.tuning.arch import check_arch
+
+    if args.arch is not None:
+        check_arch(args.arch)
 
     print(tabulate(info_rows(args.arch), tablefmt="plain"))
     return 0

@@ -7,6 +7,7 @@ kernel as a Triton compile error or a silent wrong answer.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 
 import torch
@@ -47,9 +48,12 @@ def check_head_dim(name: str, head_dim: int) -> int:
 
 
 def check_bits(name: str, bits: int) -> int:
+    """An int code width in SUPPORTED_BITS (4.0 or True are refused: they fail later, unclearly)."""
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
+        raise TypeError(f"{name}: bits must be an int, one of {SUPPORTED_BITS}; got {type(bits).__name__} {bits!r}")
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"{name}: bits must be one of {SUPPORTED_BITS}, got {bits!r}")
-    return bits
+    return int(bits)
 
 
 def check_same_device(**tensors: torch.Tensor) -> torch.device:

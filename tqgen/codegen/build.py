@@ -42,10 +42,18 @@ class BuildReport:
         return not self.stale
 
 
+def _read_bytes(path: Path) -> bytes | None:
+    """The file's bytes, or None if it is absent (or vanished: another build may be cleaning up)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
 def write_if_changed(path: Path, text: str) -> bool:
     """Atomically write ``text`` unless the file already holds exactly it."""
     data = text.encode()
-    if path.exists() and path.read_bytes() == data:
+    if _read_bytes(path) == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -92,12 +100,19 @@ def build(
     out_dir: Path = GENERATED_DIR,
     templates_dir: Path = TEMPLATES_DIR,
 ) -> BuildReport:
-    """Render (or with ``check``, compare) the default matrix; ``only`` filters by id pattern."""
+    """Render (or with ``check``, compare) the default matrix; ``only`` filters by id pattern.
+
+    Concurrent builds of one tree are safe: every write is an atomic rename of identical bytes,
+    and a stale file another build removed first is simply gone.  A pattern that matches no
+    variant is an error (ValueError), not an empty build.
+    """
     arch = arch or committed_arch(out_dir) or "sm_90"
     check_arch(arch)
     report = BuildReport(arch=arch)
     all_specs = list(default_matrix())
     chosen = {s.id for s in select(all_specs, only)}
+    if not chosen:
+        raise ValueError(f"--only {only!r} matches no variant of the matrix (see `python -m tqgen list`)")
     sources = {s.id: render(s, templates_dir) for s in all_specs if only is None or s.id in chosen}
 
     family_of = {f"{s.id}.py": s.family.value for s in all_specs}
@@ -109,7 +124,7 @@ def build(
         path = out_dir / name
         report.per_family[family_of[name]] += 1
         if check:
-            if not path.exists() or path.read_bytes() != text.encode():
+            if _read_bytes(path) != text.encode():
                 report.stale.append(name)
             else:
                 report.unchanged.append(name)
@@ -124,6 +139,6 @@ def build(
                 if check:
                     report.stale.append(path.name)
                 else:
-                    path.unlink()
+                    path.unlink(missing_ok=True)  # another build may have removed it already
                     report.removed.append(path.name)
     return report

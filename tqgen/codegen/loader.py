@@ -4,7 +4,9 @@ A variant in the committed matrix is imported from ``generated/`` when the
 committed manifest was rendered from the current templates.  Anything else is
 rendered on demand into ``<user cache>/<template hash>/<id>.py`` (atomic rename,
 so concurrent processes are safe: they write identical bytes) and imported from
-there.  ``@triton.jit`` needs real files, hence no in-memory modules.
+there.  A cached file is used only if it holds exactly what the templates render
+now; anything else (truncated, edited, left half-written by a crash) is rendered
+again.  ``@triton.jit`` needs real files, hence no in-memory modules.
 """
 
 from __future__ import annotations
@@ -45,10 +47,20 @@ def source_path(spec: VariantSpec) -> Path:
         path = GENERATED_DIR / f"{spec.id}.py"
         if path.exists():
             return path
-    path = user_cache_dir() / _current_hash() / f"{spec.id}.py"
-    if not path.exists():
-        write_if_changed(path, render(spec))
+    root = user_cache_dir()
+    path = root / _current_hash() / f"{spec.id}.py"
+    try:
+        write_if_changed(path, render(spec))  # rewrites only a file that is missing or not what renders now
+    except OSError as err:
+        raise CacheDirError(
+            f"tqgen cannot use its kernel cache {root} ({type(err).__name__}: {err.strerror or err}); "
+            "set TQGEN_CACHE_DIR to a writable directory"
+        ) from None
     return path
+
+
+class CacheDirError(RuntimeError):
+    """The on-demand kernel cache directory cannot be created or written."""
 
 
 @functools.lru_cache(maxsize=None)
