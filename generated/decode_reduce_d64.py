@@ -29,18 +29,48 @@ def decode_reduce_kernel(
     m = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, D_PAD], tl.float32)
-    for split in range(0, num_splits):
-        part = rows * max_splits + split
-        m_s = tl.load(Part_m + part, mask=row_ok, other=float("-inf"))
-        l_s = tl.load(Part_l + part, mask=row_ok, other=0.0)
-        acc_s = tl.load(Part_acc + part[:, None] * HEAD_DIM + d[None, :], mask=row_ok[:, None], other=0.0)
+    split_of_row = tl.zeros([BLOCK_R], tl.int32)  # the split index as a row vector, for the masks
+    # 4 splits per step: their loads are issued together, so the memory round trips
+    # overlap instead of following one another (a split past num_splits reads as weight 0).
+    for s0 in range(0, num_splits, 4):
+        part0 = rows * max_splits + s0
+        ok0 = row_ok
+        m0 = tl.load(Part_m + part0, mask=ok0, other=float("-inf"))
+        l0 = tl.load(Part_l + part0, mask=ok0, other=0.0)
+        acc0 = tl.load(Part_acc + part0[:, None] * HEAD_DIM + d[None, :], mask=ok0[:, None], other=0.0)
+        part1 = rows * max_splits + s0 + 1
+        ok1 = row_ok & (split_of_row + (s0 + 1) < num_splits)
+        m1 = tl.load(Part_m + part1, mask=ok1, other=float("-inf"))
+        l1 = tl.load(Part_l + part1, mask=ok1, other=0.0)
+        acc1 = tl.load(Part_acc + part1[:, None] * HEAD_DIM + d[None, :], mask=ok1[:, None], other=0.0)
+        part2 = rows * max_splits + s0 + 2
+        ok2 = row_ok & (split_of_row + (s0 + 2) < num_splits)
+        m2 = tl.load(Part_m + part2, mask=ok2, other=float("-inf"))
+        l2 = tl.load(Part_l + part2, mask=ok2, other=0.0)
+        acc2 = tl.load(Part_acc + part2[:, None] * HEAD_DIM + d[None, :], mask=ok2[:, None], other=0.0)
+        part3 = rows * max_splits + s0 + 3
+        ok3 = row_ok & (split_of_row + (s0 + 3) < num_splits)
+        m3 = tl.load(Part_m + part3, mask=ok3, other=float("-inf"))
+        l3 = tl.load(Part_l + part3, mask=ok3, other=0.0)
+        acc3 = tl.load(Part_acc + part3[:, None] * HEAD_DIM + d[None, :], mask=ok3[:, None], other=0.0)
         # Same rescaling as the online softmax; a split that saw no key has m_s = -inf, weight 0.
-        m_new = tl.maximum(m, m_s)
+        m_new = tl.maximum(m, tl.maximum(m0, tl.maximum(m1, tl.maximum(m2, m3))))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.math.exp2(m - m_ref)
-        beta = tl.math.exp2(m_s - m_ref)
-        l = l * alpha + l_s * beta
-        acc = acc * alpha[:, None] + acc_s * beta[:, None]
+        l = l * alpha
+        acc = acc * alpha[:, None]
+        beta0 = tl.math.exp2(m0 - m_ref)
+        l += l0 * beta0
+        acc += acc0 * beta0[:, None]
+        beta1 = tl.math.exp2(m1 - m_ref)
+        l += l1 * beta1
+        acc += acc1 * beta1[:, None]
+        beta2 = tl.math.exp2(m2 - m_ref)
+        l += l2 * beta2
+        acc += acc2 * beta2[:, None]
+        beta3 = tl.math.exp2(m3 - m_ref)
+        l += l3 * beta3
+        acc += acc3 * beta3[:, None]
         m = m_new
     # A row that saw no key at all (causal N_q > N_kv, fully masked) outputs 0.
     out = acc / tl.where(l == 0.0, 1.0, l)[:, None]

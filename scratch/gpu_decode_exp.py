@@ -187,7 +187,7 @@ def gbench():
             ws = ops.workspace(q.device, B * 32, 128, plan.capacity)
             t_part = graph_time(lambda: decode_sm90.launch_partials(spec, q, kc, vc, 1 / math.sqrt(128), plan, ws))
             planes = decode_sm90._q_planes(q.device, q.dtype, B * 8, 8)
-            t_pro = graph_time(lambda: rotate_query_planes[(B * 8,)](q, *q.stride(), decode_sm90._pi_planes(kc.rotation), planes, 8, 1, GROUP=4, M=8, D=128, num_warps=4))
+            t_pro = graph_time(lambda: rotate_query_planes[(B * 8, 2)](q, *q.stride(), decode_sm90._pi_planes(kc.rotation), planes, 8, 1, GROUP=4, M=8, D=128, num_warps=4))
             r = dict(kind="gbench", B=B, N=N, waves=w, min_tokens=mt, splits=plan.num_splits, eager_ms=t_e, graph_ms=t_g, partials_ms=t_part,
                      prologue_ms=t_pro, main_ms=t_part - t_pro, reduce_ms=t_g - t_part, sdpa_ms=t_sdpa, sdpa_graph_ms=t_sdpa_g,
                      x_sdpa_graph=t_sdpa_g / t_g, x_sdpa_main=t_sdpa_g / (t_part - t_pro), frac_bw_graph=byts / (t_g * 1e-3) / (bw * 1e12))

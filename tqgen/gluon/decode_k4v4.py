@@ -90,7 +90,7 @@ def _issue(k_smem, v_smem, n_smem, k_src, v_src, n_src, k_tok, v_tok, n_tok, til
                     k_tok, v_tok, n_tok, lo + tile * BLOCK_N, kv_hi, True)
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=["kv_per_split", "N_KV"])
 def k4v4_decode_sm90(
     Q_planes,  # [B * H_kv, 2, 64, M] fp16/bf16 from rotate_query_planes
     K_codes, stride_kb, stride_kh,  # uint8 [B, H_kv, N_kv, 64], token stride 64

@@ -22,9 +22,10 @@ def rotate_query_planes(
     H_KV, N_Q,
     GROUP: tl.constexpr, M: tl.constexpr, D: tl.constexpr,
 ):
-    """y = q @ Pi^T for the N_Q * GROUP query rows of one KV head, split into the even and odd
-    coordinates in the K unpack order, transposed and zero-padded to M rows."""
+    """y = q @ Pi^T for the N_Q * GROUP query rows of one KV head and one plane (even or odd
+    coordinates, in the K unpack order), transposed and zero-padded to M rows.  Grid (B * H_kv, 2)."""
     bh = tl.program_id(0)
+    plane = tl.program_id(1)
     b = (bh // H_KV).to(tl.int64)
     kv_head = bh % H_KV
     rows = tl.arange(0, 16)  # tl.dot needs 16 rows; rows >= N_Q * GROUP are zero
@@ -33,8 +34,7 @@ def rotate_query_planes(
     d = tl.arange(0, D)
     q = tl.load(q_rows[:, None] + d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0).to(tl.float32)
     kk = tl.arange(0, 64)
-    for plane in tl.static_range(2):
-        pi = tl.load(Pi_planes + plane * D * 64 + d[:, None] * 64 + kk[None, :])
-        y = tl.dot(q, pi, input_precision="ieee")
-        out = Out + ((bh * 2 + plane) * 64 + kk[None, :]) * M + rows[:, None]
-        tl.store(out, y.to(Out.dtype.element_ty), mask=(rows < M)[:, None])
+    pi = tl.load(Pi_planes + plane * D * 64 + d[:, None] * 64 + kk[None, :])
+    y = tl.dot(q, pi, input_precision="tf32x3")  # fp32-accurate on tensor cores
+    out = Out + ((bh * 2 + plane) * 64 + kk[None, :]) * M + rows[:, None]
+    tl.store(out, y.to(Out.dtype.element_ty), mask=(rows < M)[:, None])

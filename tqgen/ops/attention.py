@@ -129,6 +129,17 @@ def max_splits(batch_heads: int, sms: int, waves: int = WAVES) -> int:
     return max(1, math.ceil(waves * sms / batch_heads))
 
 
+def split_capacity(spec: VariantSpec, config: dict[str, int], device: torch.device, batch_heads: int) -> int:
+    """Workspace slots per row that any decode call of ``spec`` with ``config`` may use.
+
+    The Hopper kernel (``decode_sm90``) has its own split policy, so a variant it may take
+    gets room for both: one capacity serves every call, whichever path it takes."""
+    waves = config.get("SPLIT_WAVES", WAVES)
+    if decode_sm90.may_support(spec, device):
+        waves = max(waves, decode_sm90.SPLIT_WAVES)
+    return max_splits(batch_heads, sm_count(device), waves)
+
+
 @dataclass(frozen=True)
 class SplitPlan:
     num_splits: int

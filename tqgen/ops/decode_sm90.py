@@ -57,13 +57,17 @@ def _codes_ok(x: CompressedTensor) -> bool:
     )
 
 
+def may_support(spec: VariantSpec, device: torch.device) -> bool:
+    """Whether some call of ``spec`` on ``device`` can take this path (the variant and the GPU)."""
+    return spec.k_bits == 4 and spec.v_bits == 4 and spec.head_dim == HEAD_DIM and _is_hopper(torch.device(device))
+
+
 def supports(spec: VariantSpec, q: torch.Tensor, k: Any, v: Any, mask: torch.Tensor | None) -> bool:
     """Whether this decode call can run on the Gluon kernel."""
     n_q = q.shape[2]
     return (
-        spec.k_bits == 4 and spec.v_bits == 4 and spec.head_dim == HEAD_DIM and mask is None
-        and (not spec.causal or n_q == 1) and n_q * spec.group <= MAX_ROWS
-        and q.dtype in V_SCALE and _is_hopper(q.device)
+        may_support(spec, q.device) and mask is None
+        and (not spec.causal or n_q == 1) and n_q * spec.group <= MAX_ROWS and q.dtype in V_SCALE
         and _codes_ok(k) and _codes_ok(v) and _tables(k.centroids, q.dtype) is not None
         and _tables(k.centroids, q.dtype) == _tables(v.centroids, q.dtype)
     )
@@ -136,6 +140,16 @@ def _q_planes(device: torch.device, dtype: torch.dtype, batch_heads: int, m: int
 
 
 # -------------------------------------------------------------------- the launch
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    """The prologue and main kernels, launched through cached compiled handles (``LeanKernel``)."""
+    from tqgen.gluon.decode_k4v4 import k4v4_decode_sm90
+    from tqgen.gluon.query_planes import rotate_query_planes
+    from tqgen.ops.launch import LeanKernel
+
+    return LeanKernel(rotate_query_planes), LeanKernel(k4v4_decode_sm90)
+
+
 def launch_partials(
     spec: VariantSpec,
     q: torch.Tensor,
@@ -146,14 +160,12 @@ def launch_partials(
     workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
 ) -> None:
     """Query prologue, then the Gluon split-K kernel writing the partials ``decode_reduce`` merges."""
-    from tqgen.gluon.decode_k4v4 import k4v4_decode_sm90
-    from tqgen.gluon.query_planes import rotate_query_planes
-
+    rotate_query_planes, k4v4_decode_sm90 = _kernels()
     batch, _, n_q, _ = q.shape
     kv_heads, n_kv = k.shape[1], k.shape[2]
     m = 8 if n_q * spec.group <= 8 else 16
     planes = _q_planes(q.device, q.dtype, batch * kv_heads, m)
-    rotate_query_planes[(batch * kv_heads,)](
+    rotate_query_planes[(batch * kv_heads, 2)](
         q, *q.stride(), _pi_planes(k.rotation), planes, kv_heads, n_q,
         GROUP=spec.group, M=m, D=HEAD_DIM, num_warps=4,
     )  # fmt: skip

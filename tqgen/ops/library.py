@@ -67,8 +67,8 @@ def _expand_mask(mask: Optional[Tensor], q: Tensor, n_kv: int) -> Optional[Tenso
 
 
 def _split_capacity(spec: VariantSpec, config: dict[str, int], device: torch.device, batch_heads: int) -> int:
-    """Workspace slots per row the decode launcher's split plan uses (independent of N_kv)."""
-    return ops.max_splits(batch_heads, ops.sm_count(device), config.get("SPLIT_WAVES", ops.WAVES))
+    """Workspace slots per row the decode launcher's split plans use (independent of N_kv)."""
+    return ops.split_capacity(spec, config, device, batch_heads)
 
 
 def decode_workspace_numel(batch: int, q_heads: int, kv_heads: int, n_q: int, head_dim: int, n_kv: int,
