@@ -77,7 +77,7 @@ def install_fused_tq4_kv(model: torch.nn.Module, cache: CompressedDynamicCache) 
     Stashes ``cache`` on every attention module as ``module._tq4_cache`` and puts it in
     ``fused_mode`` (its ``update`` then keeps no full-precision K/V); a cache installed before on
     this model leaves fused mode.  Pass the same ``cache`` to ``generate``/``forward`` as
-    ``past_key_values``.
+    ``cache=`` (``past_key_values=`` before transformers' rename; :func:`~tqgen.hf.cache.cache_kwargs`).
     """
     if not isinstance(cache, CompressedDynamicCache):
         raise TypeError(f"cache must be a CompressedDynamicCache, got {type(cache).__name__}")
@@ -131,7 +131,7 @@ def enable(
     :func:`~tqgen.hf.static_cache.cache_argument` (``past_key_values`` before transformers 5.24)::
 
         cache = tqgen.hf.enable(model, k_bits=4, v_bits=4)
-        out = model.generate(**inputs, past_key_values=cache, max_new_tokens=64)
+        out = model.generate(**inputs, cache=cache, max_new_tokens=64)
     """
     if static:
         from tqgen.hf.static_cache import CompressedStaticCache, install_static_cache
