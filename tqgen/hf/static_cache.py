@@ -194,6 +194,12 @@ class CompressedStaticCache(Cache):
     backend (``tqgen.hf.enable(model, static=True, max_cache_len=...)`` does both).
     """
 
+    @property
+    def max_cache_len(self) -> int:
+        """Tokens every full-attention layer holds.  (A property of its own: transformers 5.17's
+        ``Cache`` defines a read-only ``max_cache_len`` that an assignment would hit.)"""
+        return self._max_cache_len
+
     def __init__(self, config: object, max_cache_len: int, *, k_bits: int = 4, v_bits: int = 4,
                  skip_layers: SkipPolicy = None, seed: int = 42) -> None:
         if isinstance(max_cache_len, bool) or not isinstance(max_cache_len, int) or max_cache_len < 1:
@@ -202,7 +208,7 @@ class CompressedStaticCache(Cache):
             raise ValueError("config is required: the cache builds every layer up front")
         self.k_bits = check_bits("k_bits", k_bits)
         self.v_bits = check_bits("v_bits", v_bits)
-        self.seed, self.max_cache_len = seed, max_cache_len
+        self.seed, self._max_cache_len = seed, max_cache_len
         self._config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
         self._quantizers: dict[tuple[int, int], TurboQuant] = {}
         self._workspaces: list[torch.Tensor] = []
