@@ -19,7 +19,7 @@ tq = TurboQuant(128, 4)
 rows_out = []
 
 
-def ref_attention(q, kc, vc, causal=False):
+def ref_attention(q, kc, vc, causal=False, keep=None):
     k = tq.decompress(kc, rotated=False, dtype=torch.float32).double()
     v = tq.decompress(vc, rotated=False, dtype=torch.float32).double()
     qd = q.double()
@@ -30,6 +30,8 @@ def ref_attention(q, kc, vc, causal=False):
         nq, nk = q.shape[2], k.shape[2]
         i = torch.arange(nq, device=q.device)[:, None]; j = torch.arange(nk, device=q.device)[None, :]
         s = s.masked_fill(j > i + nk - nq, float("-inf"))
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
     return torch.softmax(s, -1) @ v
 
 
@@ -56,6 +58,23 @@ def check():
             bad += not ok
             r = dict(kind="check", dtype=str(dt), B=B, hkv=hkv, g=g, nq=nq, n=n, causal=causal, gluon=spec_ok, err=err, finite=finite, ok=ok)
             rows_out.append(r); print(json.dumps(r), flush=True)
+    # key-padding masks [B, 1, 1, N] (the static cache / padded batch form), incl. fully masked splits
+    for dt in (torch.float16, torch.bfloat16):
+        for (B, hkv, g, n) in [(2, 2, 4, 700), (3, 8, 4, 32768), (1, 2, 16, 5000)]:
+            q = torch.randn(B, hkv * g, 1, 128, device=dev, dtype=dt)
+            kc = tq.compress(torch.randn(B, hkv, n, 128, device=dev, dtype=dt)); vc = tq.compress(torch.randn(B, hkv, n, 128, device=dev, dtype=dt))
+            keep = torch.rand(B, 1, 1, n, device=dev) > 0.3
+            keep[0, :, :, n // 3:] = False  # later splits of batch 0 see no key at all
+            keep[:, :, :, 0] = True
+            spec = tqgen.spec.VariantSpec(tqgen.spec.Family.ATTN_DECODE, 128, 4, 4, g, False, True)
+            gl_ok = decode_sm90.supports(spec, q, kc, vc, keep.expand(B, hkv * g, 1, n))
+            out = torch.full_like(q, float("nan"))
+            attention(q, kc, vc, attention_mask=keep, out=out)
+            ref = ref_attention(q, kc, vc, keep=keep)
+            err = ((out.double() - ref).norm() / ref.norm()).item()
+            ok = bool(torch.isfinite(out).all()) and err < (2e-3 if dt == torch.float16 else 1.2e-2) and gl_ok
+            bad += not ok
+            r = dict(kind="check_mask", dtype=str(dt), B=B, g=g, n=n, gluon=gl_ok, err=err, ok=ok); rows_out.append(r); print(json.dumps(r), flush=True)
     # large V norms in fp16 (entries ~2.6e4)
     q = torch.randn(1, 4, 1, 128, device=dev, dtype=torch.float16)
     k = torch.randn(1, 2, 64, 128, device=dev, dtype=torch.float16)
@@ -164,7 +183,7 @@ def gbench():
     shapes = [(1, 131072), (8, 32768), (32, 8192), (1, 4096)]
     pol = [(2, 256), (4, 256), (8, 256), (16, 256)]
     if os.environ.get("NOCAP"):
-        decode_sm90.MAXNREG[8] = None
+        decode_sm90.MAXNREG[(8, False)] = None
     for B, N in shapes:
         torch.manual_seed(0)
         q = torch.randn(B, 32, 1, 128, device=dev, dtype=torch.float16)

@@ -99,9 +99,10 @@ def k4v4_decode_sm90(
     V_norms, stride_vnb, stride_vnh,  # fp32 [B, H_kv, N_kv], token stride 1
     Tables,  # int32 [2]: the lookup's register table words lo0, hi0
     Part_acc, Part_m, Part_l, max_splits,  # fp32 partials [B * H_q * N_q, max_splits(, D)]
+    Mask, stride_mb, stride_mn,  # uint8 key-padding mask [B, N_kv] (1 = attend), when HAS_MASK
     kv_per_split, N_KV, N_Q, H_KV, qk_scale,
     GROUP: gl.constexpr, M: gl.constexpr, STAGES: gl.constexpr,
-    K_LOOKUP: gl.constexpr, V_LOOKUP: gl.constexpr, V_SCALE: gl.constexpr,
+    K_LOOKUP: gl.constexpr, V_LOOKUP: gl.constexpr, V_SCALE: gl.constexpr, HAS_MASK: gl.constexpr,
 ):
     gl.static_assert(gl.num_warps() == 4, "one warpgroup")
     dtype: gl.constexpr = Q_planes.dtype.element_ty
@@ -178,6 +179,9 @@ def k4v4_decode_sm90(
     acc_even = gl.zeros([64, M], gl.float32, layout=mma)  # O^T, even coordinates (rows jl)
     acc_odd = gl.zeros([64, M], gl.float32, layout=mma)
     s_tok = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
+    if HAS_MASK:  # one tile ahead in registers: the load of tile i + 1 overlaps tile i's work
+        mask_rows = Mask + b * stride_mb + s_tok * stride_mn
+        mask_next = gl.load(mask_rows + lo * stride_mn, mask=lo + s_tok < kv_hi, other=0)
 
     for tile in range(n_tiles):
         # -- 2. the ring: wait for this tile, refill the slot the previous tile used
@@ -191,6 +195,10 @@ def k4v4_decode_sm90(
         v_codes = v_smem.index(slot).load(v_regs)
         k_norm = norm_rows.index(2 * slot).load(gl.SliceLayout(1, mma))
         v_norm = norm_rows.index(2 * slot + 1).load(gl.SliceLayout(1, mma))
+        if HAS_MASK:
+            visible = mask_next != 0  # False past kv_hi too
+            start_next = lo + (tile + 1) * BLOCK_N
+            mask_next = gl.load(mask_rows + start_next * stride_mn, mask=start_next + s_tok < kv_hi, other=0)
 
         # -- 3a. S^T = K_hat Q_rot^T: codes -> values of the even / odd coordinates -> A operand
         k_even, k_odd = gl.inline_asm_elementwise(
@@ -201,13 +209,19 @@ def k4v4_decode_sm90(
         s = warpgroup_mma(k_even, q_even, gl.zeros([BLOCK_N, M], gl.float32, layout=mma), use_acc=False)
         s = warpgroup_mma(k_odd, q_odd, s)
         s = s * (k_norm * qk_scale)[:, None]  # <q, n_k c[idx]> in base-2 logits
-        if tile >= n_full:
+        if HAS_MASK:
+            s = gl.where(visible[:, None], s, float("-inf"))
+        elif tile >= n_full:
             s = gl.where((lo + tile * BLOCK_N + s_tok < kv_hi)[:, None], s, float("-inf"))
 
         # -- 3b. online softmax over the tile's tokens
         m_new = gl.maximum(m_i, gl.max(s, 0))
-        alpha = gl.exp2(m_i - m_new)
-        p = gl.exp2(s - m_new[None, :])
+        if HAS_MASK:  # a split may see no visible key yet: keep m = -inf and p = 0, not NaN
+            m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_ref = m_new
+        alpha = gl.exp2(m_i - m_ref)
+        p = gl.exp2(s - m_ref[None, :])
         l_acc = l_acc * alpha[None, :] + p
         m_i = m_new
 

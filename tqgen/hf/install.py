@@ -9,6 +9,8 @@ in place before the first install is remembered on the model and restored exactl
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from tqgen.hf.backends import TRITON_FA, TRITON_FA_TQ4_KV, register_triton_fa
@@ -81,16 +83,22 @@ def install_fused_tq4_kv(model: torch.nn.Module, cache: CompressedDynamicCache) 
     """
     if not isinstance(cache, CompressedDynamicCache):
         raise TypeError(f"cache must be a CompressedDynamicCache, got {type(cache).__name__}")
+    attach_cache(model, cache, register_triton_fa, TRITON_FA_TQ4_KV)
+
+
+def attach_cache(model: torch.nn.Module, cache: object, register: Callable[[], None], backend: str) -> None:
+    """Stash ``cache`` on every attention module (a cache attached before leaves fused mode), put
+    it in fused mode and switch ``model`` to the ``backend`` that ``register`` registers."""
     _check_supported(model)
     modules = _attention_modules(model)
-    register_triton_fa()
+    register()
     for module in modules:
         previous = getattr(module, "_tq4_cache", None)
         if previous is not None and previous is not cache:
             previous.fused_mode = False
         module._tq4_cache = cache
     cache.fused_mode = True
-    _set_attn_implementation(model, TRITON_FA_TQ4_KV)
+    _set_attn_implementation(model, backend)
 
 
 def uninstall_fused_tq4_kv(model: torch.nn.Module) -> None:

@@ -362,20 +362,11 @@ def _plain_workspace(cache: object, query: torch.Tensor, key: torch.Tensor) -> t
 def install_static_cache(model: torch.nn.Module, cache: CompressedStaticCache) -> None:
     """Run ``model``'s attention over ``cache`` (``triton_fa_tq_static``): stash the cache on every
     attention module and put it in ``fused_mode``; :func:`tqgen.hf.uninstall_fused_tq4_kv` undoes it."""
-    from tqgen.hf.install import _attention_modules, _check_supported as _check_model, _set_attn_implementation
+    from tqgen.hf.install import attach_cache
 
     if not isinstance(cache, CompressedStaticCache):
         raise TypeError(f"cache must be a CompressedStaticCache, got {type(cache).__name__}")
-    _check_model(model)
-    modules = _attention_modules(model)
-    register_static_backend()
-    for module in modules:
-        previous = getattr(module, "_tq4_cache", None)
-        if previous is not None and previous is not cache:
-            previous.fused_mode = False
-        module._tq4_cache = cache
-    cache.fused_mode = True
-    _set_attn_implementation(model, TRITON_FA_TQ_STATIC)
+    attach_cache(model, cache, register_static_backend, TRITON_FA_TQ_STATIC)
 
 
 def register_static_backend() -> None:

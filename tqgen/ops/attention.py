@@ -211,7 +211,7 @@ def decode(
     part_acc, part_m, part_l = parts if parts is not None else workspace(q.device, rows, head_dim, plan.capacity)
     pi = rotation_of(k, v)
     if hopper:
-        decode_sm90.launch_partials(spec, q, k, v, sm_scale, plan, (part_acc, part_m, part_l))
+        decode_sm90.launch_partials(spec, q, k, v, sm_scale, plan, (part_acc, part_m, part_l), mask)
     else:
         margs, has_mask, is_bool = mask_args(mask, q)
         kernel(spec)[(plan.num_splits, batch * kv_heads)](

@@ -6,9 +6,11 @@ cached per shape (graph-capturable, like the Triton decode path); the codebook t
 permuted rotation are derived once per codebook / rotation tensor.
 
 What the kernel covers: head_dim 128, 4-bit K and V sharing one symmetric codebook, fp16/bf16
-queries, up to 16 query rows per KV head (N_q x GQA group), no mask, causal only for N_q = 1
-(then every key is visible), codes with a contiguous 64-byte row per token and contiguous
-norms.  Everything else takes the generated Triton kernels.
+queries, up to 16 query rows per KV head (N_q x GQA group), no mask or a bool key-padding mask
+(the same for every head and query position: what transformers builds for a padded batch or a
+static cache at N_q = 1), causal only for N_q = 1 (then every key is visible), codes with a
+contiguous 64-byte row per token and contiguous norms.  Everything else takes the generated
+Triton kernels.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from tqgen.spec import VariantSpec
 HEAD_DIM = 128
 BLOCK_N = 64
 STAGES = 4
-# Register cap per M: 96 keeps 5 programs (20 warps) per SM for M = 8 without spills (sm_90 SASS)
-MAXNREG = {8: 96, 16: None}
+# Register caps per (M, masked), read off the sm_90 SASS: 96 keeps 5 programs (20 warps) per SM
+# for M = 8 without spills; with a mask, 96 makes ptxas rematerialise constants (592 instructions
+# per tile instead of 534 at 104).
+MAXNREG = {(8, False): 96, (8, True): 104, (16, False): None, (16, True): None}
 # Split policy of this kernel (programs per SM, keys per split), chosen on an H200: see README.
 SPLIT_WAVES = 8
 SPLIT_MIN_TOKENS = 256
@@ -62,11 +66,18 @@ def may_support(spec: VariantSpec, device: torch.device) -> bool:
     return spec.k_bits == 4 and spec.v_bits == 4 and spec.head_dim == HEAD_DIM and _is_hopper(torch.device(device))
 
 
+def _key_padding(mask: torch.Tensor | None, n_q: int) -> bool:
+    """None, or a bool mask ``[B, H_q, N_q, N_kv]`` (a broadcast view) equal across heads and queries."""
+    if mask is None:
+        return True
+    return mask.dtype == torch.bool and mask.stride(1) == 0 and (n_q == 1 or mask.stride(2) == 0)
+
+
 def supports(spec: VariantSpec, q: torch.Tensor, k: Any, v: Any, mask: torch.Tensor | None) -> bool:
     """Whether this decode call can run on the Gluon kernel."""
     n_q = q.shape[2]
     return (
-        may_support(spec, q.device) and mask is None
+        may_support(spec, q.device) and _key_padding(mask, n_q)
         and (not spec.causal or n_q == 1) and n_q * spec.group <= MAX_ROWS and q.dtype in V_SCALE
         and _codes_ok(k) and _codes_ok(v) and _tables(k.centroids, q.dtype) is not None
         and _tables(k.centroids, q.dtype) == _tables(v.centroids, q.dtype)
@@ -140,6 +151,11 @@ def _q_planes(device: torch.device, dtype: torch.dtype, batch_heads: int, m: int
 
 
 # -------------------------------------------------------------------- the launch
+def _reg_cap(m: int, masked: bool) -> dict[str, int]:
+    cap = MAXNREG[(m, masked)]
+    return {"maxnreg": cap} if cap else {}
+
+
 @functools.lru_cache(maxsize=1)
 def _kernels():
     """The prologue and main kernels, launched through cached compiled handles (``LeanKernel``)."""
@@ -158,8 +174,11 @@ def launch_partials(
     sm_scale: float,
     plan,
     workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    mask: torch.Tensor | None = None,
 ) -> None:
-    """Query prologue, then the Gluon split-K kernel writing the partials ``decode_reduce`` merges."""
+    """Query prologue, then the Gluon split-K kernel writing the partials ``decode_reduce`` merges.
+
+    ``mask``: None or a key-padding bool mask accepted by :func:`supports`."""
     rotate_query_planes, k4v4_decode_sm90 = _kernels()
     batch, _, n_q, _ = q.shape
     kv_heads, n_kv = k.shape[1], k.shape[2]
@@ -174,6 +193,7 @@ def launch_partials(
     vn = v.norms.squeeze(-1) if v.norms.dim() == 4 else v.norms
     v_pairs = v.packed.view(torch.int16)  # 2-byte code pairs: the kernel reads V 16 bits at a time
     part_acc, part_m, part_l = workspace
+    keys = mask.view(torch.uint8)[:, 0, 0] if mask is not None else kn  # [B, N_kv] (kn: unused stand-in)
     k4v4_decode_sm90[(plan.num_splits, batch * kv_heads)](
         planes,
         k.packed, k.packed.stride(0), k.packed.stride(1),
@@ -182,7 +202,8 @@ def launch_partials(
         vn, vn.stride(0), vn.stride(1),
         _table_words(k.centroids, q.dtype),
         part_acc, part_m, part_l, plan.capacity,
+        keys, keys.stride(0), keys.stride(1),
         plan.kv_per_split, n_kv, n_q, kv_heads, sm_scale * LOG2E,
         GROUP=spec.group, M=m, STAGES=STAGES, K_LOOKUP=k_lookup, V_LOOKUP=v_lookup,
-        V_SCALE=V_SCALE[q.dtype], num_warps=4, **({"maxnreg": MAXNREG[m]} if MAXNREG[m] else {}),
+        V_SCALE=V_SCALE[q.dtype], HAS_MASK=mask is not None, num_warps=4, **_reg_cap(m, mask is not None),
     )  # fmt: skip
