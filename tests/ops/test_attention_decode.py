@@ -93,13 +93,47 @@ def test_hf_layout_query(device: str) -> None:
 
 
 def test_workspace_is_reused(device: str) -> None:
-    """Repeated steps (growing N_kv) reuse one cached workspace: nothing new is allocated."""
+    """Repeated steps (growing N_kv) reuse the cached workspace: nothing new is allocated."""
     problem = make_problem(n_q=1, n_kv=100, head_dim=32, group=2, k_bits=4, v_bits=4, device=device)
     problem.run(schedule="decode")
     before = dict(ops._WORKSPACE)
     problem.run(schedule="decode")
     assert ops._WORKSPACE.keys() == before.keys()
-    assert all(ops._WORKSPACE[k][0] is before[k][0] for k in before)
+    assert all(ops._WORKSPACE[k] is before[k] for k in before)
+
+
+def test_workspace_is_bounded(device: str) -> None:
+    """Many shapes (batch sizes x query lengths) share one grown buffer per stream: the outgrown
+    ones together stay smaller than it, and release_workspaces frees them."""
+    for batch in (1, 2, 3):
+        for n_q in (1, 2, 5):
+            problem = make_problem(batch=batch, n_q=n_q, n_kv=64, head_dim=32, group=2, k_bits=4, v_bits=4, device=device)
+            problem.check(schedule="decode", name=f"batch {batch} n_q {n_q}")
+    buffers = [b for k, b in ops._WORKSPACE.items() if k[0].type == torch.device(device).type]
+    assert len(buffers) == 1
+    assert sum(b.numel() for b in ops._RETIRED) < buffers[0].numel()
+    ops.release_workspaces()
+    assert not ops._RETIRED
+
+
+@pytest.mark.gpu
+def test_two_streams_decode_concurrently(device: str) -> None:
+    """Two streams decoding different inputs at once get the results each gets alone."""
+    if device != "cuda":
+        pytest.skip("needs CUDA streams")
+    problems = [make_problem(batch=2, n_q=1, n_kv=4000 + 999 * i, head_dim=128, group=4, kv_heads=2, k_bits=4,
+                             v_bits=4, device=device) for i in range(2)]
+    alone = [p.run(schedule="decode") for p in problems]
+    torch.cuda.synchronize()
+    streams = [torch.cuda.Stream() for _ in problems]
+    outs = []
+    for _ in range(3):
+        for stream, p in zip(streams, problems):
+            with torch.cuda.stream(stream):
+                outs.append(p.run(schedule="decode"))
+    torch.cuda.synchronize()
+    for i, out in enumerate(outs):
+        assert torch.equal(out, alone[i % 2]), f"stream {i % 2} differs from its result alone"
 
 
 @pytest.mark.parametrize("batch_heads,n_kv,sms", [(8, 131072, 132), (64, 32768, 132), (256, 8192, 132),

@@ -157,23 +157,45 @@ def split_plan(batch_heads: int, n_kv: int, block_n: int, min_tokens: int, sms: 
     return SplitPlan(cdiv(max(n_kv, 1), per_split), per_split, capacity)
 
 
-_WORKSPACE: dict[tuple[torch.device, int, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+# One flat fp32 buffer per (device, stream), grown geometrically, so the cache is bounded and two
+# streams decoding at once never share partials.  Outgrown buffers stay alive (a CUDA graph that
+# captured a decode step keeps pointing at them) until ``release_workspaces``; with doubling their
+# sum stays below the current buffer's size.
+_WORKSPACE: dict[tuple[torch.device, int], torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []
+_VIEWS: dict[tuple[torch.device, int, int, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _stream_id(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
 def workspace(device: torch.device, rows: int, head_dim: int, capacity: int) -> tuple[torch.Tensor, ...]:
-    """fp32 partials (acc [rows, capacity, D], m and l [rows, capacity]), cached per shape.
+    """fp32 partials (acc [rows, capacity, D], m and l [rows, capacity]) as views of the current
+    stream's workspace buffer, which grows (doubling) when a call needs more."""
+    key = (device, _stream_id(device))
+    views = _VIEWS.get((*key, rows, head_dim, capacity))
+    if views is not None:
+        return views
+    slots = rows * capacity
+    need = slots * (head_dim + 2)
+    buf = _WORKSPACE.get(key)
+    if buf is None or buf.numel() < need:
+        if buf is not None:
+            _RETIRED.append(buf)
+            for stale in [k for k in _VIEWS if k[:2] == key]:
+                del _VIEWS[stale]
+        buf = torch.empty(max(need, 2 * buf.numel() if buf is not None else need), device=device, dtype=torch.float32)
+        _WORKSPACE[key] = buf
+    views = (buf[: slots * head_dim], buf[slots * head_dim: slots * (head_dim + 1)], buf[slots * (head_dim + 1): need])
+    _VIEWS[(*key, rows, head_dim, capacity)] = views
+    return views
 
-    Kept for the life of the process so a CUDA graph that captured a decode step keeps
-    pointing at live memory.
-    """
-    key = (device, rows, head_dim, capacity)
-    if key not in _WORKSPACE:
-        _WORKSPACE[key] = (
-            torch.empty(rows * capacity * head_dim, device=device, dtype=torch.float32),
-            torch.empty(rows * capacity, device=device, dtype=torch.float32),
-            torch.empty(rows * capacity, device=device, dtype=torch.float32),
-        )
-    return _WORKSPACE[key]
+
+def release_workspaces() -> None:
+    """Free the outgrown decode workspaces.  Call only when no captured CUDA graph replays a
+    decode step that ran before the last growth (it would read freed memory)."""
+    _RETIRED.clear()
 
 
 def decode_block_m(n_q: int, group: int) -> int:
