@@ -1,7 +1,7 @@
 """Compress suite: norm + rotate + quantise + pack of fp16 K/V into a preallocated cache buffer.
 
 Memory-bound: the bytes are the fp16 input read plus the codes and fp32 norms written,
-over the time, as a fraction of the copy bandwidth.  Target (issue 4): 4-bit, 65536
+over the time, as a fraction of the copy bandwidth.  Target: 4-bit, 65536
 tokens x 8 heads, >= 50% of copy bandwidth.
 """
 

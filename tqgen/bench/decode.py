@@ -2,11 +2,11 @@
 
 Decode is memory-bound, so the number that matters is the bytes a kernel must read
 (codes + norms of K and V, or fp16 K/V for SDPA, plus q and out) over its time, as a
-fraction of the device copy bandwidth measured in the same run.  Targets (issue 4):
+fraction of the device copy bandwidth measured in the same run.  Kernels are compared by device
+time (both sides replayed in a CUDA graph); eager times are recorded beside it.  Targets:
 
-* K+V 4-bit at the three long shapes: >= 70% of copy bandwidth;
-* K+V 4-bit at B=1, N=4096: no slower than SDPA (launch overhead and rotations must not dominate);
-* K+V 3-bit, 2-bit and K-only 4-bit at the long shapes: >= 60% of copy bandwidth.
+* K+V 4-bit at the three long shapes: >= 2x SDPA; K+V 2-bit >= 3x, 3-bit >= 1.7x, K-only 4-bit >= 1.3x;
+* K+V 4-bit at B=1, N=4096 and at the other GQA groups / head dims: no slower than SDPA.
 
 B=1 runs at several context lengths feed the time-against-length plot.  One case is also
 captured in a CUDA graph (output buffer passed) and replayed on fresh query values.
@@ -237,7 +237,7 @@ def cuda_graph_check(ctx: BenchContext, q, ck, cv) -> dict[str, Any]:
 
 
 def _compare_row(ctx: BenchContext, case: DecodeCase, q, ck, cv, io_bytes: int, sdpa_ms) -> dict[str, Any]:
-    """turboquant_vllm's fused TQ4 K+V kernel on the same codes (same format: NOTES section 1)."""
+    """turboquant_vllm's fused TQ4 K+V kernel on the same codes (the same code layout: README "Formats")."""
     row = _row(case, "turboquant_vllm", "K4V4")
     with captured(row):
         fn = ctx.compare.triton_flash_attention_tq4_kv

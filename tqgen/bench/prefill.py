@@ -2,7 +2,7 @@
 
 Prefill is compute-bound, so results are TFLOP/s (causal: half the score matrix,
 ``2 * 2 * B * H * N * N * D / 2``) and the ratio to torch SDPA fp16 in the same run.
-Targets (issue 4), B=1, N=8192: vanilla fp16 >= 85% of SDPA, fused K+V 4-bit >= 70%;
+Targets, B=1, N=8192: vanilla fp16 >= 85% of SDPA, fused K+V 4-bit >= 70%;
 1024 queries onto a 32768-token 4-bit cache >= 70% of SDPA given the bottom-right
 causal bias (``torch.nn.attention.bias.causal_lower_right``).
 """

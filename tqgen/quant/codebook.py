@@ -1,4 +1,4 @@
-"""Lloyd-Max codebooks for one coordinate of a rotated unit vector (NOTES.md section 1, step 3).
+"""Lloyd-Max codebooks for one coordinate of a rotated unit vector (each coordinate is quantised alone).
 
 After the random rotation each coordinate t of a unit vector in R^d follows the exact marginal of a
 uniform point on the sphere, density f(t) proportional to (1 - t^2)^((d-3)/2) on [-1, 1]

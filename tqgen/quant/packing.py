@@ -1,4 +1,4 @@
-"""Bit packing of codebook indices (NOTES.md section 1, step 4).
+"""Bit packing of codebook indices (the layouts are in README "Formats").
 
 Coordinate d = P * j + k lives in "plane" k at byte (or bit) position j, with P = planes(bits):
 P = 2 for 4-bit, 4 for 2-bit, 8 for 3-bit. Byte layouts:

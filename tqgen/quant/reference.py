@@ -1,7 +1,7 @@
 """Pure-PyTorch TurboQuant compression and attention: the oracle the Triton kernels are tested against.
 
 compress: n = ||x|| (fp32 storage), y = (x / n) @ Pi.T, idx = Lloyd-Max bucket of every coordinate
-of y, packed. decompress: n * c[idx], optionally rotated back with @ Pi (NOTES.md section 1).
+of y, packed. decompress: n * c[idx], optionally rotated back with @ Pi (README "Formats").
 
 Tie rule: idx = number of boundaries b with y > b (``torch.searchsorted(boundaries, y, right=False)``,
 same as ``torch.bucketize`` default), so a coordinate exactly on a boundary takes the lower cell.

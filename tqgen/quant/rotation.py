@@ -1,4 +1,4 @@
-"""Random orthogonal rotation Pi used by TurboQuant (NOTES.md section 1, step 2).
+"""Random orthogonal rotation Pi of TurboQuant: the rotated unit vector is y = Pi @ (x / ||x||).
 
 Pi is built exactly like turboquant_vllm builds it, so tensors compressed by either package are
 readable by the other: QR of an fp32 standard-normal matrix drawn on the CPU from

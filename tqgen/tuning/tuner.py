@@ -60,7 +60,7 @@ QUICK_BUDGET_S = 150.0
 FULL_BUDGET_S = 3600.0
 MIN_GAIN = 0.02  # a candidate must beat the default by this much (or the measured noise) to be kept
 
-# Shapes the benchmarks and the HF end-to-end run use (issue 4): D=128, 32 q / 8 kv heads.
+# Shapes the benchmarks and the HF end-to-end run use: D=128, 32 q / 8 kv heads.
 Q_HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
 KV_MODES: dict[str, tuple[int | None, int | None]] = {
     "fp": (None, None),
