@@ -79,7 +79,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build", help="render the variant matrix into generated/")
-    p.add_argument("--arch", default=None, help="target arch, e.g. sm_89 or sm_90 (default: the manifest's)")
+    p.add_argument("--arch", default=None, help="target arch, e.g. sm_89 or sm_90 (default sm_90; the kernels are the same for every arch)")
     p.add_argument("--only", default=None, help="id pattern (glob, or a substring)")
     p.add_argument("--check", action="store_true", help="write nothing; fail if generated/ is stale")
     p.set_defaults(func=_cmd_build)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqgen.codegen.render import render, template_hash
-from tqgen.paths import GENERATED_DIR, MANIFEST_PATH, TEMPLATES_DIR
+from tqgen.paths import MANIFEST_PATH, TEMPLATES_DIR, build_dir
 from tqgen.spec import VariantSpec, default_matrix, select
 from tqgen.tuning import configs_for
-from tqgen.tuning.arch import check_arch
+from tqgen.tuning.arch import ARCH_LIMITS, check_arch
 from tqgen.version import __version__
 
 MANIFEST_NAME = MANIFEST_PATH.name
@@ -63,41 +63,34 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
-def manifest_text(specs: list[VariantSpec], sources: dict[str, str], arch: str, templates_dir: Path = TEMPLATES_DIR) -> str:
-    """The manifest for ``specs`` (deterministic: no timestamps)."""
+GPU_ARCHES = tuple(sorted(a for a, limits in ARCH_LIMITS.items() if not limits.interpreter))
+
+
+def manifest_text(specs: list[VariantSpec], sources: dict[str, str], templates_dir: Path = TEMPLATES_DIR) -> str:
+    """The manifest for ``specs`` (deterministic: no timestamps).  It records each variant's launch
+    configs for every GPU arch, so building for one arch or another writes the same bytes."""
     variants = {}
     for spec in specs:
         variants[spec.id] = {
             "file": f"{spec.id}.py",
             "family": spec.family.value,
             "sha256": hashlib.sha256(sources[spec.id].encode()).hexdigest()[:16],
-            "configs": configs_for(spec, arch),
+            "configs": {arch: configs_for(spec, arch) for arch in GPU_ARCHES},
         }
     manifest = {
         "tqgen_version": __version__,
         "template_hash": template_hash(templates_dir),
-        "arch": arch,
+        "arches": list(GPU_ARCHES),
         "variants": variants,
     }
     return json.dumps(manifest, indent=1, sort_keys=True) + "\n"
-
-
-def committed_arch(out_dir: Path = GENERATED_DIR) -> str | None:
-    """The arch recorded in an existing manifest, if any."""
-    path = out_dir / MANIFEST_NAME
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text()).get("arch")
-    except json.JSONDecodeError:
-        return None
 
 
 def build(
     arch: str | None,
     only: str | None = None,
     check: bool = False,
-    out_dir: Path = GENERATED_DIR,
+    out_dir: Path | None = None,
     templates_dir: Path = TEMPLATES_DIR,
 ) -> BuildReport:
     """Render (or with ``check``, compare) the default matrix; ``only`` filters by id pattern.
@@ -106,7 +99,8 @@ def build(
     and a stale file another build removed first is simply gone.  A pattern that matches no
     variant is an error (ValueError), not an empty build.
     """
-    arch = arch or committed_arch(out_dir) or "sm_90"
+    out_dir = build_dir() if out_dir is None else out_dir
+    arch = arch or "sm_90"  # the kernels are the same for every arch; it picks what the report shows
     check_arch(arch)
     report = BuildReport(arch=arch)
     all_specs = list(default_matrix())
@@ -118,7 +112,7 @@ def build(
     family_of = {f"{s.id}.py": s.family.value for s in all_specs}
     expected = {f"{sid}.py": text for sid, text in sources.items() if sid in chosen}
     if only is None:
-        expected[MANIFEST_NAME] = manifest_text(all_specs, sources, arch, templates_dir)
+        expected[MANIFEST_NAME] = manifest_text(all_specs, sources, templates_dir)
         family_of[MANIFEST_NAME] = "manifest"
     for name, text in sorted(expected.items()):
         path = out_dir / name
