@@ -108,10 +108,8 @@ class VariantSpec:
         if f.is_attention:
             if self.rotate and not self.compressed:
                 raise ValueError(f"{self.id}: rotate=True needs compressed K or V")
-            if self.compressed and not self.rotate:
-                # Without in-kernel rotation the caller must pass a pre-rotated
-                # query and un-rotate the output; that is allowed.
-                pass
+            # compressed without rotate is allowed: the caller passes a pre-rotated query and
+            # un-rotates the output
             return self
         if self.causal:
             raise ValueError(f"causal=True only applies to attention families, not {f.value}")

@@ -298,7 +298,7 @@ def time_sdpa(
                     sync()
                     ms = timer(fn)
             except Exception as exc:  # noqa: BLE001 - a backend that rejects these inputs
-                per_backend[name] = {"error": _short(exc)}
+                per_backend[name] = {"error": short_error(exc)}
                 continue
             per_backend[name] = {"ms": ms}
             if best is None or ms < best[0]:
@@ -337,12 +337,9 @@ def with_target(row: dict[str, Any], target: Target | None) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------- errors
-def _short(exc: BaseException, limit: int = 300) -> str:
+def short_error(exc: BaseException, limit: int = 300) -> str:
     text = f"{type(exc).__name__}: {exc}".strip().replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-short_error = _short
 
 
 @contextlib.contextmanager
@@ -354,7 +351,7 @@ def captured(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     try:
         yield row
     except Exception as exc:  # noqa: BLE001 - one failed case must not end the run
-        row["error"] = _short(exc)
+        row["error"] = short_error(exc)
         if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
             torch.cuda.empty_cache()
 

@@ -48,13 +48,12 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
 
+from tqgen.gluon.query_planes import key_byte  # noqa: F401  (the K order, shared with the prologue)
+
 
 HEAD_DIM = gl.constexpr(128)
 BLOCK_N = gl.constexpr(64)  # tokens per tile: the wgmma M dimension
 CODE_BYTES = gl.constexpr(64)  # 4-bit codes of one vector
-
-
-from tqgen.gluon.query_planes import key_byte  # noqa: F401  (the K order, shared with the prologue)
 
 
 def value_byte(jl: int) -> int:

@@ -58,9 +58,16 @@ def _is_causal(module: torch.nn.Module, query: torch.Tensor, attention_mask: tor
     return bool(is_causal) and attention_mask is None and query.shape[2] > 1
 
 
-def _to_hf_layout(out: torch.Tensor) -> tuple[torch.Tensor, None]:
-    """[B, Hq, Sq, D] -> transformers' [B, Sq, Hq, D], contiguous."""
-    return out.transpose(1, 2).contiguous(), None
+def _attend(query: torch.Tensor, key: object, value: object, **kwargs: object) -> tuple[torch.Tensor, None]:
+    """``attention()`` written straight into transformers' ``[B, Sq, Hq, D]`` layout (its ``out`` is
+    that buffer seen as ``[B, Hq, Sq, D]``), so no copy follows.  When autograd records the call
+    (``out=`` is refused then) the result is transposed and copied instead."""
+    if query.requires_grad and torch.is_grad_enabled():
+        return attention(query, key, value, **kwargs).transpose(1, 2).contiguous(), None
+    batch, heads, seq, dim = query.shape
+    out = torch.empty((batch, seq, heads, dim), dtype=query.dtype, device=query.device)
+    attention(query, key, value, out=out.transpose(1, 2), **kwargs)
+    return out, None
 
 
 def triton_fa_forward(
@@ -80,8 +87,7 @@ def triton_fa_forward(
     """
     _check_supported(dropout, kwargs)
     is_causal = _is_causal(module, query, attention_mask, kwargs)
-    out = attention(query, key, value, sm_scale=scaling, is_causal=is_causal, attention_mask=attention_mask)
-    return _to_hf_layout(out)
+    return _attend(query, key, value, sm_scale=scaling, is_causal=is_causal, attention_mask=attention_mask)
 
 
 def triton_fa_tq4_kv_forward(
@@ -108,8 +114,8 @@ def triton_fa_tq4_kv_forward(
         return triton_fa_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     compressed_key, compressed_value = fused
     is_causal = _is_causal(module, query, attention_mask, kwargs)
-    out = attention(query, compressed_key, compressed_value, sm_scale=scaling, is_causal=is_causal, attention_mask=attention_mask)
-    return _to_hf_layout(out)
+    return _attend(query, compressed_key, compressed_value, sm_scale=scaling, is_causal=is_causal,
+                   attention_mask=attention_mask)
 
 
 def register_triton_fa() -> None:

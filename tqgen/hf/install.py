@@ -18,7 +18,6 @@ from tqgen.hf.cache import CompressedDynamicCache, SkipPolicy
 
 # Attribute on the model: [(config, attn implementation before tqgen's first install), ...].
 _SAVED = "_tqgen_saved_attn_implementation"
-_OURS = (TRITON_FA, TRITON_FA_TQ4_KV)
 
 
 def _configs(model: torch.nn.Module) -> list[object]:

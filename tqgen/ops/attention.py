@@ -20,7 +20,7 @@ import torch
 from tqgen.codegen.context import next_pow2
 from tqgen.ops.launch import kernel  # the generated kernel, launched without Triton's per-call binding
 from tqgen.compressed import CompressedTensor
-from tqgen.ops import cdiv, decode_sm90
+from tqgen.ops import cdiv, decode_sm90, version_of
 from tqgen.spec import Family, VariantSpec
 from tqgen.tuning.arch import ARCH_LIMITS
 
@@ -45,13 +45,14 @@ def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return t
     key = (id(t), dtype)
     hit = _CONVERTED.get(key)
-    if hit is not None and hit[0]() is t and hit[1] == t._version:
+    if hit is not None and hit[0]() is t and hit[1] == version_of(t):
         return hit[2]
     if len(_CONVERTED) > 256:  # forget tensors that are gone
         for stale in [k for k, (ref, _, _) in _CONVERTED.items() if ref() is None]:
             del _CONVERTED[stale]
-    converted = t.detach().to(dtype).contiguous()
-    _CONVERTED[key] = (weakref.ref(t), t._version, converted)
+    with torch.inference_mode(False):  # reused by later calls in or out of inference mode
+        converted = t.detach().to(dtype).contiguous()
+    _CONVERTED[key] = (weakref.ref(t), version_of(t), converted)
     return converted
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from tqgen.compressed import CompressedTensor
+from tqgen.ops import version_of
 from tqgen.spec import VariantSpec
 
 HEAD_DIM = 128
@@ -92,13 +93,14 @@ def _derived(kind: str, t: torch.Tensor, extra: Any, make) -> Any:
     """``make()`` cached per (tensor, version): codebooks and rotations are reused every call."""
     key = (kind, id(t), extra)
     hit = _DERIVED.get(key)
-    if hit is not None and hit[0]() is t and hit[1] == t._version:
+    if hit is not None and hit[0]() is t and hit[1] == version_of(t):
         return hit[2]
     if len(_DERIVED) > 256:
         for stale in [k for k, (ref, _, _) in _DERIVED.items() if ref() is None]:
             del _DERIVED[stale]
-    value = make()
-    _DERIVED[key] = (weakref.ref(t), t._version, value)
+    with torch.inference_mode(False):  # reused by later calls in or out of inference mode
+        value = make()
+    _DERIVED[key] = (weakref.ref(t), version_of(t), value)
     return value
 
 

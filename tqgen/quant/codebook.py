@@ -121,9 +121,10 @@ class Codebook:
         if key == str(self.centroids.device):
             return self
         if key not in self._per_device:
-            self._per_device[key] = Codebook(
-                self.head_dim, self.bits, self.centroids.to(key), self.boundaries.to(key)
-            )
+            with torch.inference_mode(False):  # cached for every later caller, in or out of inference mode
+                self._per_device[key] = Codebook(
+                    self.head_dim, self.bits, self.centroids.to(key), self.boundaries.to(key)
+                )
         return self._per_device[key]
 
     def mse(self) -> float:
@@ -167,9 +168,10 @@ def lloyd_max_codebook(head_dim: int, bits: int) -> Codebook:
     """Cached Lloyd-Max codebook (CPU, fp32) for ``bits`` in 1..4 and even ``head_dim`` >= 4."""
     centroids = solve_lloyd_max(head_dim, bits)
     boundaries = (centroids[1:] + centroids[:-1]) / 2
-    return Codebook(
-        head_dim=head_dim,
-        bits=bits,
-        centroids=torch.from_numpy(centroids).to(torch.float32),
-        boundaries=torch.from_numpy(boundaries).to(torch.float32),
-    )
+    with torch.inference_mode(False):  # cached for every later caller, in or out of inference mode
+        return Codebook(
+            head_dim=head_dim,
+            bits=bits,
+            centroids=torch.from_numpy(centroids).to(torch.float32),
+            boundaries=torch.from_numpy(boundaries).to(torch.float32),
+        )

@@ -26,15 +26,17 @@ def _check_head_dim(head_dim: int) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _cpu_rotation(head_dim: int, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    gaussian = torch.randn(head_dim, head_dim, generator=generator, dtype=torch.float32)
-    q, r = torch.linalg.qr(gaussian)
-    return (q * torch.sign(torch.diagonal(r)).unsqueeze(0)).contiguous()
+    with torch.inference_mode(False):  # cached for every later caller, in or out of inference mode
+        generator = torch.Generator().manual_seed(seed)
+        gaussian = torch.randn(head_dim, head_dim, generator=generator, dtype=torch.float32)
+        q, r = torch.linalg.qr(gaussian)
+        return (q * torch.sign(torch.diagonal(r)).unsqueeze(0)).contiguous()
 
 
 @functools.lru_cache(maxsize=None)
 def _rotation_on(head_dim: int, seed: int, device_key: str) -> torch.Tensor:
-    return _cpu_rotation(head_dim, seed).to(device_key)
+    with torch.inference_mode(False):
+        return _cpu_rotation(head_dim, seed).to(device_key)
 
 
 def rotation_matrix(head_dim: int, seed: int = 42, device=None) -> torch.Tensor:
