@@ -36,7 +36,9 @@ def test_wheel_installs_builds_and_runs(tmp_path: Path) -> None:
     wheel = glob.glob(str(tmp_path / "dist" / "tqgen-*.whl"))
     assert len(wheel) == 1, wheel
     prefix = tmp_path / "prefix"
-    _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(prefix), wheel[0]], env, tmp_path)
+    # --ignore-installed: never touch (uninstall) the tqgen of the environment running the tests
+    _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", "--prefix", str(prefix), wheel[0]],
+         env, tmp_path)
     site = glob.glob(str(prefix / "lib" / "python*" / "site-packages"))
     assert len(site) == 1, site
     env.update(PYTHONPATH=site[0], TQGEN_CACHE_DIR=str(tmp_path / "user_cache"), TRITON_INTERPRET="1")
