@@ -24,6 +24,10 @@ class CompressedTensor:
         centroids: fp32 ``[2**bits]`` Lloyd-Max codebook the codes index.
         rotation: fp32 ``[D, D]`` orthogonal Pi (codes live in the rotated space
             ``y = x_unit @ Pi.T``).
+        offset: ``None``, or an fp32 ``[B, H, 1, D]`` vector subtracted from every stored vector
+            before compression (the codes hold ``x - offset``).  Attention reads the codes as
+            they are: for keys the offset adds ``q . offset`` to every score of a query, which
+            softmax ignores.  ``TurboQuant.decompress`` adds it back.
     """
 
     packed: torch.Tensor
@@ -32,6 +36,7 @@ class CompressedTensor:
     head_dim: int
     centroids: torch.Tensor
     rotation: torch.Tensor
+    offset: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int, int]:

@@ -140,7 +140,11 @@ class TurboQuant:
             if dtype not in FLOAT_DTYPES:
                 raise TypeError(f"dtype must be float16, bfloat16 or float32, got {dtype}")
             out = torch.empty(ct.shape, dtype=dtype, device=ct.device)
-        return decompress_into(ct.packed, ct.norms, ct.centroids, ct.rotation, out, bits=self.bits, rotated=rotated)
+        decompress_into(ct.packed, ct.norms, ct.centroids, ct.rotation, out, bits=self.bits, rotated=rotated)
+        if ct.offset is not None:  # the codes hold x - offset (in the rotated space: offset @ Pi.T)
+            offset = ct.offset @ ct.rotation.to(ct.offset.device).T if rotated else ct.offset
+            out += offset.to(out.dtype)
+        return out
 
     # ---------------------------------------------------------------- helpers
     def _check_compatible(self, name: str, ct: CompressedTensor) -> None:
@@ -154,7 +158,7 @@ class TurboQuant:
 
     @staticmethod
     def _with_tensors(ct: CompressedTensor, packed: torch.Tensor, norms: torch.Tensor) -> CompressedTensor:
-        return CompressedTensor(packed, norms, ct.bits, ct.head_dim, ct.centroids, ct.rotation)
+        return CompressedTensor(packed, norms, ct.bits, ct.head_dim, ct.centroids, ct.rotation, ct.offset)
 
 
 @functools.lru_cache(maxsize=None)

@@ -26,6 +26,13 @@ def _roundtrip(x: torch.Tensor, bits: int) -> torch.Tensor:
     return decompress(packed, norms, bits, x.shape[-1], dtype=torch.float64)
 
 
+def _keys_roundtrip(k: torch.Tensor, first: int, bits: int) -> torch.Tensor:
+    """What the cache returns for keys: it stores them minus the mean of the first ``first`` tokens
+    (per batch row and head) and adds it back when decompressing."""
+    mu = k[:, :, :first].double().mean(2, keepdim=True)
+    return _roundtrip(k.double() - mu, bits) + mu.cpu()
+
+
 def _storage_bytes(cache: CompressedDynamicCache) -> int:
     """Bytes of every distinct storage the cache's layers hold."""
     storages = {}
@@ -46,7 +53,7 @@ def test_update_returns_exact_prefill_then_decompressed_history(device):
     assert keys is k0 and values is v0
     keys, values = cache.update(k1, v1, 0, {"cache_position": torch.arange(7, 10)})  # 5.0-style cache_kwargs
     assert cache.get_seq_length() == 10 and keys.shape == (2, 2, 10, D)
-    assert_close(keys, _roundtrip(torch.cat([k0, k1], 2), 4), torch.float32, "keys")
+    assert_close(keys, _keys_roundtrip(torch.cat([k0, k1], 2), 7, 4), torch.float32, "keys")
     assert_close(values, _roundtrip(torch.cat([v0, v1], 2), 3), torch.float32, "values")
     assert cache.get_mask_sizes(1, 0) == (11, 0)
 
@@ -83,7 +90,7 @@ def test_capacity_grows_geometrically(device, monkeypatch):
     layer = cache.layers[0]
     assert layer.reallocations == 3 and capacities[-1] == 24, capacities
     keys, _ = layer.decompressed(torch.float32)
-    assert_close(keys, _roundtrip(k, 4), torch.float32, "keys after growth")
+    assert_close(keys, _keys_roundtrip(k, 3, 4), torch.float32, "keys after growth")
 
 
 def test_initial_capacity_allocates_once(device):
@@ -101,7 +108,7 @@ def test_crop_then_append_overwrites_the_tail(device):
     cache.crop(-3)
     assert cache.get_seq_length() == 6
     keys, _ = cache.update(k[:, :, 6:], v[:, :, 6:], 0)
-    assert_close(keys, _roundtrip(k, 4), torch.float32, "keys")
+    assert_close(keys, _keys_roundtrip(k, 6, 4), torch.float32, "keys")
     cache.crop(4)  # legacy form: keep the first 4 tokens
     assert cache.get_seq_length() == 4
     cache.crop(0)
@@ -190,3 +197,47 @@ def test_steps_in_and_out_of_inference_mode(device):
         for layer_idx in range(2):
             cache.update(*_kv(1, 1, 70, device=device, seed=1), layer_idx)  # grows past the first capacity
     assert cache.get_seq_length() == 73 and cache.layers[0].reallocations == 1
+
+
+def test_uncentred_keys_are_the_plain_roundtrip(device):
+    cache = CompressedDynamicCache(center_keys=False)
+    k, v = _kv(2, 2, 9, device=device)
+    cache.update(k[:, :, :5], v[:, :, :5], 0)
+    keys, _ = cache.update(k[:, :, 5:], v[:, :, 5:], 0)
+    assert cache.layers[0].key_offset is None
+    assert_close(keys, _roundtrip(k, 4), torch.float32, "keys")
+
+
+def test_centred_keys_lose_less_on_keys_with_a_common_direction(device):
+    """Keys sharing a large common component (as real models' do): storing k - mean spends the
+    codes on what tells keys apart, so the attention output is much closer to the exact one."""
+    gen = torch.Generator().manual_seed(3)
+    common = 4.0 * torch.randn(1, 2, 1, D, generator=gen)
+    k = (common + torch.randn(1, 2, 40, D, generator=gen)).to(device)
+    v = torch.randn(1, 2, 40, D, generator=gen).to(device)
+    q = torch.randn(1, 2, 1, D, generator=gen).to(device)
+    exact = torch.softmax(q.double() @ k.double().transpose(-1, -2) / D**0.5, -1) @ v.double()
+    errors = {}
+    for centred in (False, True):
+        cache = CompressedDynamicCache(center_keys=centred)
+        cache.update(k[:, :, :39], v[:, :, :39], 0)
+        keys, values = cache.update(k[:, :, 39:], v[:, :, 39:], 0)
+        out = torch.softmax(q.double() @ keys.double().transpose(-1, -2) / D**0.5, -1) @ values.double()
+        errors[centred] = ((out - exact).norm() / exact.norm()).item()
+    assert errors[True] < 0.6 * errors[False], errors
+    offset = cache.layers[0].key_offset
+    assert offset.shape == (1, 2, 1, D) and offset.dtype == torch.float32
+
+
+def test_key_offset_follows_batch_reorderings(device):
+    cache = CompressedDynamicCache()
+    k, v = _kv(3, 2, 6, device=device)
+    cache.update(k, v, 0)
+    offset = cache.layers[0].key_offset.clone()
+    cache.reorder_cache(torch.tensor([2, 0, 0], device=device))
+    assert torch.equal(cache.layers[0].key_offset, offset[[2, 0, 0]])
+    cache.batch_select_indices(torch.tensor([1], device=device))
+    assert torch.equal(cache.layers[0].key_offset, offset[[0]])
+    cache.reset()
+    assert cache.layers[0].key_offset is None
+

@@ -288,6 +288,11 @@ class CompressedLayer(PreallocatedLayer):
         fused_mode: if True, ``update`` returns the new chunk itself and the fused attention
             backend reads :meth:`compressed`; else it returns decompressed K/V.
         exact_prefill: a first update (empty layer) returns/attends over its exact K/V.
+        center_keys: store keys minus their per-head mean over the first chunk the layer sees
+            (``key_offset``, fp32 ``[B, H_kv, 1, D]``).  Exact: the mean adds ``q . mu`` to every
+            score of a query, which softmax ignores, so attention reads the codes as they are;
+            the quantiser then spends its levels on what tells keys apart rather than on their
+            common direction.
     """
 
     def __init__(
@@ -299,8 +304,11 @@ class CompressedLayer(PreallocatedLayer):
         fused_mode: bool = False,
         exact_prefill: bool = True,
         layer_idx: int | None = None,
+        center_keys: bool = True,
     ) -> None:
         super().__init__(growth=growth, initial_capacity=initial_capacity)
+        self.center_keys = bool(center_keys)
+        self.key_offset: torch.Tensor | None = None
         self._key_quantizer, self._value_quantizer = key_quantizer, value_quantizer
         self.layer_idx = layer_idx
         self.fused_mode = fused_mode
@@ -345,12 +353,26 @@ class CompressedLayer(PreallocatedLayer):
             head_dim=quant.head_dim,
             centroids=centroids,
             rotation=rotation,
+            offset=self.key_offset if prefix == "k" else None,
         )
 
     def _write(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int) -> None:
-        # Compress straight into the capacity buffers: one launch each for K and V.
-        self.key_quant.compress(key_states, out=self._view("k", self.capacity), start=start)
+        # Compress straight into the capacity buffers: one launch each for K and V.  The key
+        # offset is taken from the first chunk and kept only once both writes succeeded.
+        offset = self.key_offset
+        if self.center_keys and offset is None:
+            with torch.inference_mode(False):
+                offset = key_states.detach().float().mean(dim=2, keepdim=True)
+        keys = key_states if offset is None else key_states - offset.to(key_states.dtype)
+        self.key_quant.compress(keys, out=self._view("k", self.capacity), start=start)
         self.value_quant.compress(value_states, out=self._view("v", self.capacity), start=start)
+        self.key_offset = offset
+
+    def _reindex_batch(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super()._reindex_batch(fn)
+        if self.key_offset is not None:
+            with torch.inference_mode(False):
+                self.key_offset = fn(self.key_offset)
 
     def compressed(self) -> tuple[CompressedTensor, CompressedTensor]:
         """K and V of every cached token, as CompressedTensors viewing the buffers (no copy)."""
@@ -380,6 +402,7 @@ class CompressedLayer(PreallocatedLayer):
     def reset(self) -> None:
         super().reset()
         self.fused_key = None
+        self.key_offset = None
 
 
 def _is_sliding(config: object, layer_idx: int) -> bool:
@@ -429,8 +452,10 @@ class CompressedDynamicCache(Cache):
         growth: float = 2.0,
         initial_capacity: int = 0,
         exact_prefill: bool = True,
+        center_keys: bool = True,
     ) -> None:
         self.k_bits = check_bits("k_bits", k_bits)
+        self.center_keys = bool(center_keys)
         self.v_bits = check_bits("v_bits", v_bits)
         self.seed = seed
         self.growth, self.initial_capacity, self.exact_prefill = growth, initial_capacity, exact_prefill
@@ -515,6 +540,7 @@ class CompressedDynamicCache(Cache):
             fused_mode=self._fused_mode,
             exact_prefill=self.exact_prefill,
             layer_idx=layer_idx,
+            center_keys=self.center_keys,
         )
 
     def is_compressed(self, layer_idx: int) -> bool:
