@@ -65,7 +65,7 @@ def test_compiled_fullgraph_matches_eager(family, device):
     assert torch.equal(tokens, eager_tokens)
     torch.testing.assert_close(logits, eager_logits, rtol=1e-5, atol=1e-5)
 
-    dynamic = tqgen.hf.enable(model, 4, 4, exact_prefill=False, center_keys=False)
+    dynamic = tqgen.hf.enable(model, 4, 4, exact_prefill=False)
     _, dynamic_logits = _decode(model, model, dynamic, ids, mask)
     torch.testing.assert_close(dynamic_logits, eager_logits, rtol=1e-4, atol=1e-4)
     tqgen.hf.uninstall_fused_tq4_kv(model)
@@ -85,7 +85,7 @@ def test_generate_matches_dynamic_cache(sampling, device):
     torch.manual_seed(0)
     static = _generate(model, tqgen.hf.enable(model, 4, 4, static=True, max_cache_len=CAPACITY), ids, mask, **kwargs)
     torch.manual_seed(0)
-    dynamic = _generate(model, tqgen.hf.enable(model, 4, 4, exact_prefill=False, center_keys=False), ids, mask, **kwargs)
+    dynamic = _generate(model, tqgen.hf.enable(model, 4, 4, exact_prefill=False), ids, mask, **kwargs)
     tqgen.hf.uninstall_fused_tq4_kv(model)
     assert static.shape == (2, PROMPT + STEPS)
     assert torch.equal(static, dynamic)

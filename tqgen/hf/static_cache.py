@@ -59,7 +59,9 @@ class CompressedStaticLayer(StaticLayer):
 
     ``update`` stores the new tokens and returns them unchanged: the backend reads the buffers.
     It refuses to run when the fused backend is not installed (``fused_mode`` False), since
-    any other attention would then see only the new tokens.
+    any other attention would then see only the new tokens.  With ``center_keys`` the keys are
+    stored minus the per-head mean of the first chunk after allocation or ``reset``
+    (``key_offset``, a fixed buffer), exact under softmax as in the dynamic cache.
     """
 
     is_compileable = True
@@ -67,11 +69,13 @@ class CompressedStaticLayer(StaticLayer):
 
     def __init__(self, max_cache_len: int, key_quant: Callable[[int], TurboQuant],
                  value_quant: Callable[[int], TurboQuant], workspace: Callable[[torch.device, int], torch.Tensor],
-                 q_heads: int | None = None) -> None:
+                 q_heads: int | None = None, center_keys: bool = True) -> None:
         super().__init__(max_cache_len=max_cache_len)
         self._key_quant, self._value_quant, self._workspace = key_quant, value_quant, workspace
         self.q_heads = q_heads
         self.fused_mode = False
+        self.center_keys = bool(center_keys)
+        self._offset_pending = self.center_keys  # the next update's chunk sets key_offset
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """Allocate the buffers for the batch, heads, dtype and device of the first states."""
@@ -91,6 +95,8 @@ class CompressedStaticLayer(StaticLayer):
             self.k_norms = torch.zeros(shape, dtype=torch.float32, device=self.device)
             self.v_packed = torch.zeros(*shape, vw, dtype=torch.uint8, device=self.device)
             self.v_norms = torch.zeros(shape, dtype=torch.float32, device=self.device)
+            self.key_offset = torch.zeros(self.batch_size, self.num_heads, 1, self.k_head_dim, dtype=torch.float32,
+                                          device=self.device)
             # Codebooks in the model's dtype and the fp32 rotation/boundaries, on the device once.
             self.k_centroids = self.key_quant.centroids(self.device).to(self.dtype).clone()
             self.v_centroids = self.value_quant.centroids(self.device).to(self.dtype).clone()
@@ -119,7 +125,7 @@ class CompressedStaticLayer(StaticLayer):
     def _tensors(self) -> list[torch.Tensor]:
         """Every tensor this layer allocated (the shared workspace excluded)."""
         return [self.k_packed, self.k_norms, self.v_packed, self.v_norms, self.k_centroids, self.v_centroids,
-                self.rotation, self.k_boundaries, self.v_boundaries, self.cumulative_length]
+                self.rotation, self.k_boundaries, self.v_boundaries, self.cumulative_length, self.key_offset]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object,
                **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +140,14 @@ class CompressedStaticLayer(StaticLayer):
         n = key_states.shape[-2]
         positions = torch.arange(n, device=self.device) + self.cumulative_length
         self.cumulative_length.add_(n)
-        kp, kn = torch.ops.tqgen.compress(key_states, self.rotation, self.k_boundaries, self.key_quant.bits)
+        if self.center_keys:
+            if self._offset_pending:  # the prompt (eager in generate): a Python-side, one-time step
+                self.key_offset.copy_(key_states.detach().float().mean(dim=2, keepdim=True))
+                self._offset_pending = False
+            key_states_stored = key_states - self.key_offset.to(key_states.dtype)
+        else:
+            key_states_stored = key_states
+        kp, kn = torch.ops.tqgen.compress(key_states_stored, self.rotation, self.k_boundaries, self.key_quant.bits)
         vp, vn = torch.ops.tqgen.compress(value_states, self.rotation, self.v_boundaries, self.value_quant.bits)
         self.k_packed.index_copy_(2, positions, kp)
         self.k_norms.index_copy_(2, positions, kn)
@@ -152,9 +165,10 @@ class CompressedStaticLayer(StaticLayer):
     def reset(self) -> None:
         """Forget every token (zero the buffers in place: their addresses stay)."""
         if self.is_initialized:
-            for t in (self.k_packed, self.k_norms, self.v_packed, self.v_norms):
+            for t in (self.k_packed, self.k_norms, self.v_packed, self.v_norms, self.key_offset):
                 t.zero_()
         self.cumulative_length.zero_()
+        self._offset_pending = self.center_keys
 
     def nbytes(self) -> int:
         """Bytes this layer allocated (codes, norms, codebooks, rotation, length)."""
@@ -163,7 +177,7 @@ class CompressedStaticLayer(StaticLayer):
         return sum(t.numel() * t.element_size() for t in self._tensors())
 
     def _reindex_batch(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        for name in ("k_packed", "k_norms", "v_packed", "v_norms"):
+        for name in ("k_packed", "k_norms", "v_packed", "v_norms", "key_offset"):
             buffer = getattr(self, name)
             buffer.copy_(fn(buffer))  # in place: the static addresses stay valid
 
@@ -201,7 +215,7 @@ class CompressedStaticCache(Cache):
         return self._max_cache_len
 
     def __init__(self, config: object, max_cache_len: int, *, k_bits: int = 4, v_bits: int = 4,
-                 skip_layers: SkipPolicy = None, seed: int = 42) -> None:
+                 skip_layers: SkipPolicy = None, seed: int = 42, center_keys: bool = True) -> None:
         if isinstance(max_cache_len, bool) or not isinstance(max_cache_len, int) or max_cache_len < 1:
             raise ValueError(f"max_cache_len must be an int >= 1, got {max_cache_len!r}")
         if config is None:
@@ -232,6 +246,7 @@ class CompressedStaticCache(Cache):
                     value_quant=lambda d: self.quantizer(d, self.v_bits),
                     workspace=self._workspace,
                     q_heads=q_heads,
+                    center_keys=center_keys,
                 ))
         super().__init__(layers=layers)
 
