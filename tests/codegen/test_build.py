@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from tqgen.codegen.build import build, write_if_changed
+from tqgen.codegen.build import build
+from tqgen.files import write_if_changed
 from tqgen.codegen.loader import kernel_module, source_path
 from tqgen.codegen.render import render, template_hash
 from tqgen.paths import TEMPLATES_DIR

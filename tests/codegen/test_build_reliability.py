@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tqgen.codegen.build import write_if_changed
+from tqgen.files import write_if_changed
 from tqgen.codegen.build import build
 from tqgen.codegen.loader import CacheDirError, kernel_module, source_path
 from tqgen.codegen.render import render

@@ -111,10 +111,12 @@ def test_interrupted_write_leaves_the_old_file(tmp_cache, monkeypatch):
     path = cache.write_entries("cpu", "gpu-a", {"k|any": {"config": {"BLOCK_T": 16}}}, {"date": "d1"}, tmp_cache)
     before = path.read_text()
 
-    def broken_dump(*args, **kwargs):
+    def broken_fsync(*args, **kwargs):  # the new bytes are in the temporary file, not yet in place
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(cache.json, "dump", broken_dump)
+    import tqgen.files
+
+    monkeypatch.setattr(tqgen.files.os, "fsync", broken_fsync)
     with pytest.raises(RuntimeError, match="disk full"):
         cache.write_entries("cpu", "gpu-a", {"k2|any": {"config": {}}}, {}, tmp_cache)
     assert path.read_text() == before

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqgen.codegen.render import render, template_hash
+from tqgen.files import read_bytes, write_if_changed
 from tqgen.paths import MANIFEST_PATH, TEMPLATES_DIR, build_dir
 from tqgen.spec import VariantSpec, default_matrix, select
 from tqgen.tuning import configs_for
@@ -40,27 +39,6 @@ class BuildReport:
     @property
     def ok(self) -> bool:
         return not self.stale
-
-
-def _read_bytes(path: Path) -> bytes | None:
-    """The file's bytes, or None if it is absent (or vanished: another build may be cleaning up)."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def write_if_changed(path: Path, text: str) -> bool:
-    """Atomically write ``text`` unless the file already holds exactly it."""
-    data = text.encode()
-    if _read_bytes(path) == data:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return True
 
 
 GPU_ARCHES = tuple(sorted(a for a, limits in ARCH_LIMITS.items() if not limits.interpreter))
@@ -118,7 +96,7 @@ def build(
         path = out_dir / name
         report.per_family[family_of[name]] += 1
         if check:
-            if _read_bytes(path) != text.encode():
+            if read_bytes(path) != text.encode():
                 report.stale.append(name)
             else:
                 report.unchanged.append(name)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from tqgen.codegen.build import write_if_changed
+from tqgen.files import write_if_changed
 from tqgen.codegen.render import render, template_hash
 from tqgen.paths import GENERATED_DIR, MANIFEST_PATH, user_cache_dir
 from tqgen.spec import VariantSpec

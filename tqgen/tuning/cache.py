@@ -24,14 +24,13 @@ import contextlib
 import datetime
 import functools
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
+from tqgen.files import atomic_write
 from tqgen.paths import TUNE_CACHE_DIR
 from tqgen.spec import VariantSpec
 from tqgen.tuning.arch import check_arch, current_arch
@@ -194,21 +193,8 @@ def merge_entries(data: dict, gpu_name: str, entries: dict[str, dict], gpu_meta:
 
 
 def atomic_write_json(path: Path, data: dict) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` as sorted, indented JSON to ``path``, atomically (never half-written)."""
+    atomic_write(Path(path), (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 @contextlib.contextmanager
