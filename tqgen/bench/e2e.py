@@ -339,12 +339,15 @@ def run(ctx: BenchContext, selected: list[E2ECase] | None = None, shape: ModelSh
     if model is None:
         return {"rows": [build]}
     weights = torch.cuda.memory_allocated(ctx.device) if ctx.on_gpu else 0
-    forwards = _forwards(model, ctx.on_gpu, impls)
     for case in selected:
         if ctx.deadline.expired():
             rows += [{"suite": "e2e", "case": case.name, "impl": impl, "error": "skipped: suite time budget spent"}
                      for impl in impls]
             continue
+        # A fresh compile per case: with one shared compile, each batch size's recompiles added up
+        # until the third case hit torch.compile's recompile limit (fullgraph=True then fails).
+        torch._dynamo.reset()
+        forwards = _forwards(model, ctx.on_gpu, impls)
         rows += _run_case(ctx, model, forwards, shape, case, weights)
     del model
     gc.collect()
