@@ -141,13 +141,17 @@ def _kernel_sources(tables) -> tuple[str, str]:
     return lookup.key_lookup_asm(tables), lookup.value_lookup_asm(tables)
 
 
+def _stream_id(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+
 _Q_PLANES: dict[tuple[torch.device, int, torch.dtype, int, int], torch.Tensor] = {}
 
 
 def _q_planes(device: torch.device, dtype: torch.dtype, batch_heads: int, m: int) -> torch.Tensor:
     """[B * H_kv, 2, 64, M] query planes, cached per stream and shape (kept alive for captured
     graphs; two streams decoding at once never share them)."""
-    key = (device, torch.cuda.current_stream(device).cuda_stream, dtype, batch_heads, m)
+    key = (device, _stream_id(device), dtype, batch_heads, m)
     if key not in _Q_PLANES:
         _Q_PLANES[key] = torch.empty((batch_heads, 2, 64, m), device=device, dtype=dtype)
     return _Q_PLANES[key]
