@@ -3,8 +3,8 @@
 The portable Triton kernel (``templates/attention.py.j2``) puts the query rows in the MMA's M
 dimension; with a handful of query rows per KV head most of each 64-row tensor-core tile is
 padding, and the unpacked K/V tiles make a round trip through shared memory.  This kernel swaps
-the operands so that the 64 tokens of a tile are the M dimension (``wgmma m64nMk16``, M = 8 or 16
-query rows as N):
+the operands so that the 64 tokens of a tile are the M dimension and the query rows of a KV head
+(padded to 8 or 16, the constexpr ``M``) are the N dimension (``wgmma m64n8k16`` / ``m64n16k16``):
 
     S^T [tokens, rows] = K_hat [tokens, coords] @ Q_rot^T [coords, rows]      (A = K_hat, registers)
     O^T [coords, rows] += V_hat^T [coords, tokens] @ P^T [tokens, rows]         (A = V_hat^T, registers)
@@ -21,8 +21,9 @@ Stages of one program (split ``s`` of KV head ``b * H_kv + h``):
 2. a ring of ``STAGES`` shared-memory slots fed by ``cp.async``: packed K codes [64, 64] bytes,
    V codes [64, 32] 16-bit pairs, K and V norms [2, 64]; tile ``i + STAGES - 1`` is in flight
    while tile ``i`` is computed;
-3. per tile: unpack K -> S^T -> fp32 online softmax in base 2 over the tokens (row sums kept per
-   element and reduced once at the end) -> P^T * n_v to shared memory -> unpack V -> O^T;
+3. per tile: unpack K -> S^T -> (key-padding mask, read one tile ahead, when ``HAS_MASK``) ->
+   fp32 online softmax in base 2 over the tokens (row sums kept per element and reduced once at
+   the end) -> P^T * n_v to shared memory -> unpack V -> O^T;
 4. epilogue: fp32 partials (m, l, O at the rotated-space coordinates) in the layout the generated
    ``decode_reduce`` kernel merges and rotates back.
 
