@@ -43,6 +43,23 @@ def test_large_value_norms_fp16(schedule: str, v_scale: float, device: str) -> N
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
+def test_value_norms_growing_across_tiles(schedule: str, device: str) -> None:
+    """V norms from ~1 in the first tiles to ~1e5 in the last: the running V scale grows
+    mid-sequence and what was accumulated before is rescaled, not lost or overflowed."""
+    gen = torch.Generator().manual_seed(99)
+    n = 200  # several key tiles
+    q = torch.randn(1, 2, 2 if schedule == "decode" else 20, 128, generator=gen).half().to(device)
+    k = torch.randn(1, 2, n, 128, generator=gen).half().to(device)
+    growth = torch.logspace(-1, 3.7, n)[None, None, :, None]  # per-token scale 0.1 .. 5000
+    v = (torch.randn(1, 2, n, 128, generator=gen) * growth).clamp(-6.0e4, 6.0e4).half()
+    vc, v_ref = compress_operand(v.to(device), 4)
+    out = attention(q, k, vc, schedule=schedule)
+    expected = reference.reference_attention(q, k, v_ref)
+    assert torch.isfinite(out).all(), f"{schedule}: non-finite output"
+    assert_close(out, expected, torch.float16, f"{schedule} growing norms")
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
 def test_large_output_fits_fp16(schedule: str, device: str) -> None:
     """Every V the same vector with entries near 4e4: the output is that vector (it fits fp16)
     though its rotated coordinates are larger; the rotation back must not overflow the cast."""
