@@ -204,7 +204,7 @@ def gbench():
             spec = tqgen.spec.VariantSpec(tqgen.spec.Family.ATTN_DECODE, 128, 4, 4, 4, False, True)
             plan = ops.split_plan(B * 8, N, 64, mt, ops.sm_count(q.device), w)
             ws = ops.workspace(q.device, B * 32, 128, plan.capacity)
-            t_part = graph_time(lambda: decode_sm90.launch_partials(spec, q, kc, vc, 1 / math.sqrt(128), plan, ws))
+            t_part = graph_time(lambda: decode_sm90.launch_partials(spec, q, kc, vc, 1.4426950408889634 / math.sqrt(128), plan, ws))
             planes = decode_sm90._q_planes(q.device, q.dtype, B * 8, 8)
             t_pro = graph_time(lambda: rotate_query_planes[(B * 8, 2)](q, *q.stride(), decode_sm90._pi_planes(kc.rotation), planes, 8, 1, GROUP=4, M=8, D=128, num_warps=4))
             r = dict(kind="gbench", B=B, N=N, waves=w, min_tokens=mt, splits=plan.num_splits, eager_ms=t_e, graph_ms=t_g, partials_ms=t_part,
@@ -229,7 +229,7 @@ def gbench():
         spec = tqgen.spec.VariantSpec(tqgen.spec.Family.ATTN_DECODE, 128, 4, 4, 4, False, True)
         plan = ops.split_plan(B * 8, N, 64, 256, ops.sm_count(q.device), decode_sm90.SPLIT_WAVES)
         ws = ops.workspace(q.device, B * 32, 128, plan.capacity)
-        t_part = graph_time(lambda: decode_sm90.launch_partials(spec, q, ks, vc, 1 / math.sqrt(128), plan, ws))
+        t_part = graph_time(lambda: decode_sm90.launch_partials(spec, q, ks, vc, 1.4426950408889634 / math.sqrt(128), plan, ws))
         t_g = graph_time(lambda: attention(q, ks, vc, out=o3))
         decode_sm90._kernel_sources = orig
         r = dict(kind="smag", B=B, N=N, waves=decode_sm90.SPLIT_WAVES, diff_vs_std=diff, partials_ms=t_part, graph_ms=t_g, x_sdpa_graph=t_sdpa_g / t_g)

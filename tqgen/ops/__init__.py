@@ -7,10 +7,10 @@ allocate only the outputs the caller did not pass and never poison them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import weakref
+from typing import Any, Callable
 
-if TYPE_CHECKING:
-    import torch
+import torch
 
 
 def cdiv(a: int, b: int) -> int:
@@ -28,3 +28,32 @@ def version_of(t: torch.Tensor) -> int:
     tensors have none (and cannot be modified in place outside inference mode): they count as
     never modified."""
     return 0 if t.is_inference() else t._version
+
+
+def stream_id(device: torch.device) -> int:
+    """The current CUDA stream of ``device`` (0 off the GPU): per-stream buffers are keyed by it."""
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+
+_DERIVED: dict[tuple[str, int, Any], tuple[weakref.ref, int, Any]] = {}
+
+
+def derived(kind: str, t: torch.Tensor, extra: Any, make: Callable[[], Any]) -> Any:
+    """``make()``, cached per (``kind``, tensor, ``extra``) and the tensor's version.
+
+    Codebooks and rotations are tiny and reused every call; deriving from them once (a dtype
+    conversion, lookup tables, a permuted copy) keeps the hot path free of allocations, so a
+    captured CUDA graph stays valid.  Values are made outside inference mode, so calls in and
+    out of it can share them.
+    """
+    key = (kind, id(t), extra)
+    hit = _DERIVED.get(key)
+    if hit is not None and hit[0]() is t and hit[1] == version_of(t):
+        return hit[2]
+    if len(_DERIVED) > 256:  # forget tensors that are gone
+        for stale in [k for k, (ref, _, _) in _DERIVED.items() if ref() is None]:
+            del _DERIVED[stale]
+    with torch.inference_mode(False):
+        value = make()
+    _DERIVED[key] = (weakref.ref(t), version_of(t), value)
+    return value

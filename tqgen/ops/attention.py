@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import weakref
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -20,7 +19,7 @@ import torch
 from tqgen.codegen.context import next_pow2
 from tqgen.ops.launch import kernel  # the generated kernel, launched without Triton's per-call binding
 from tqgen.compressed import CompressedTensor
-from tqgen.ops import cdiv, decode_sm90, version_of
+from tqgen.ops import cdiv, decode_sm90, derived, stream_id
 from tqgen.spec import Family, VariantSpec
 from tqgen.tuning.arch import ARCH_LIMITS
 
@@ -32,28 +31,11 @@ REDUCE_ROWS = 16  # rows per decode_reduce program (tl.dot needs >= 16)
 
 
 # ------------------------------------------------------------------ operands
-_CONVERTED: dict[tuple[int, torch.dtype], tuple[weakref.ref, int, torch.Tensor]] = {}
-
-
 def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t`` in ``dtype``, contiguous; conversions are cached per tensor (and its version).
-
-    Codebooks and rotations are tiny and reused every call; converting them once keeps
-    the hot path free of allocations, so a captured CUDA graph stays valid.
-    """
+    """``t`` in ``dtype``, contiguous; conversions are cached per tensor and version (``derived``)."""
     if t.dtype == dtype and t.is_contiguous():
         return t
-    key = (id(t), dtype)
-    hit = _CONVERTED.get(key)
-    if hit is not None and hit[0]() is t and hit[1] == version_of(t):
-        return hit[2]
-    if len(_CONVERTED) > 256:  # forget tensors that are gone
-        for stale in [k for k, (ref, _, _) in _CONVERTED.items() if ref() is None]:
-            del _CONVERTED[stale]
-    with torch.inference_mode(False):  # reused by later calls in or out of inference mode
-        converted = t.detach().to(dtype).contiguous()
-    _CONVERTED[key] = (weakref.ref(t), version_of(t), converted)
-    return converted
+    return derived("as_dtype", t, dtype, lambda: t.detach().to(dtype).contiguous())
 
 
 def operand_args(x: KV, dtype: torch.dtype) -> list[Any]:
@@ -167,14 +149,10 @@ _RETIRED: list[torch.Tensor] = []
 _VIEWS: dict[tuple[torch.device, int, int, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
-def _stream_id(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-
-
 def workspace(device: torch.device, rows: int, head_dim: int, capacity: int) -> tuple[torch.Tensor, ...]:
     """fp32 partials (acc [rows, capacity, D], m and l [rows, capacity]) as views of the current
     stream's workspace buffer, which grows (doubling) when a call needs more."""
-    key = (device, _stream_id(device))
+    key = (device, stream_id(device))
     views = _VIEWS.get((*key, rows, head_dim, capacity))
     if views is not None:
         return views
@@ -234,7 +212,7 @@ def decode(
     part_acc, part_m, part_l = parts if parts is not None else workspace(q.device, rows, head_dim, plan.capacity)
     pi = rotation_of(k, v)
     if hopper:
-        decode_sm90.launch_partials(spec, q, k, v, sm_scale, plan, (part_acc, part_m, part_l), mask)
+        decode_sm90.launch_partials(spec, q, k, v, sm_scale * LOG2E, plan, (part_acc, part_m, part_l), mask)
     else:
         margs, has_mask, is_bool = mask_args(mask, q)
         kernel(spec)[(plan.num_splits, batch * kv_heads)](

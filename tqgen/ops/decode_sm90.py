@@ -1,9 +1,10 @@
 """Launcher of the Hopper (sm_90) Gluon decode kernel for 4-bit K and V (``tqgen.gluon``).
 
 ``supports`` says whether a decode call can take this path; ``launch_partials`` launches the
-query prologue and the main kernel, whose partials the generated ``decode_reduce`` merges.  Everything it allocates is
-cached per shape (graph-capturable, like the Triton decode path); the codebook tables and the
-permuted rotation are derived once per codebook / rotation tensor.
+query prologue and the main kernel, whose partials the generated ``decode_reduce`` merges.
+Everything it allocates is cached per shape and stream (graph-capturable, like the Triton decode
+path); the codebook tables and the permuted rotation are derived once per codebook / rotation
+tensor (``tqgen.ops.derived``).
 
 What the kernel covers: head_dim 128, 4-bit K and V sharing one symmetric codebook, fp16/bf16
 queries, up to 16 query rows per KV head (N_q x GQA group), no mask or a bool key-padding mask
@@ -16,13 +17,12 @@ Triton kernels.
 from __future__ import annotations
 
 import functools
-import weakref
 from typing import Any
 
 import torch
 
 from tqgen.compressed import CompressedTensor
-from tqgen.ops import version_of
+from tqgen.ops import derived, stream_id
 from tqgen.spec import VariantSpec
 
 HEAD_DIM = 128
@@ -36,7 +36,6 @@ MAXNREG = {(8, False): 96, (8, True): 104, (16, False): None, (16, True): None}
 SPLIT_WAVES = 8
 SPLIT_MIN_TOKENS = 256
 V_SCALE = {torch.float16: 2.0**-4, torch.bfloat16: 1.0}
-LOG2E = 1.4426950408889634
 MAX_ROWS = 16  # query rows per KV head: the wgmma N dimension (8 or 16)
 
 
@@ -74,36 +73,23 @@ def _key_padding(mask: torch.Tensor | None, n_q: int) -> bool:
     return mask.dtype == torch.bool and mask.stride(1) == 0 and (n_q == 1 or mask.stride(2) == 0)
 
 
+def _shared_tables(k: CompressedTensor, v: CompressedTensor, dtype: torch.dtype) -> bool:
+    """K and V codebooks are symmetric in ``dtype`` and give the same lookup tables."""
+    tables = _tables(k.centroids, dtype)
+    return tables is not None and (v.centroids is k.centroids or _tables(v.centroids, dtype) == tables)
+
+
 def supports(spec: VariantSpec, q: torch.Tensor, k: Any, v: Any, mask: torch.Tensor | None) -> bool:
     """Whether this decode call can run on the Gluon kernel."""
     n_q = q.shape[2]
     return (
         may_support(spec, q.device) and _key_padding(mask, n_q)
         and (not spec.causal or n_q == 1) and n_q * spec.group <= MAX_ROWS and q.dtype in V_SCALE
-        and _codes_ok(k) and _codes_ok(v) and _tables(k.centroids, q.dtype) is not None
-        and _tables(k.centroids, q.dtype) == _tables(v.centroids, q.dtype)
+        and _codes_ok(k) and _codes_ok(v) and _shared_tables(k, v, q.dtype)
     )
 
 
 # -------------------------------------------------------- per-tensor derived data
-_DERIVED: dict[tuple[str, int, Any], tuple[weakref.ref, int, Any]] = {}
-
-
-def _derived(kind: str, t: torch.Tensor, extra: Any, make) -> Any:
-    """``make()`` cached per (tensor, version): codebooks and rotations are reused every call."""
-    key = (kind, id(t), extra)
-    hit = _DERIVED.get(key)
-    if hit is not None and hit[0]() is t and hit[1] == version_of(t):
-        return hit[2]
-    if len(_DERIVED) > 256:
-        for stale in [k for k, (ref, _, _) in _DERIVED.items() if ref() is None]:
-            del _DERIVED[stale]
-    with torch.inference_mode(False):  # reused by later calls in or out of inference mode
-        value = make()
-    _DERIVED[key] = (weakref.ref(t), version_of(t), value)
-    return value
-
-
 def _tables(centroids: torch.Tensor, dtype: torch.dtype):
     """The lookup tables of a symmetric 16-entry codebook in ``dtype``, or None (host sync once)."""
     from tqgen.gluon import lookup
@@ -112,14 +98,14 @@ def _tables(centroids: torch.Tensor, dtype: torch.dtype):
         bits = lookup.half_bits(centroids, dtype)
         return lookup.tables(bits) if lookup.is_symmetric(bits) else None
 
-    return _derived("tables", centroids, dtype, make)
+    return derived("tables", centroids, dtype, make)
 
 
 def _table_words(centroids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     def make():
         return torch.tensor(_tables(centroids, dtype).registers(), dtype=torch.int32, device=centroids.device)
 
-    return _derived("table_words", centroids, dtype, make)
+    return derived("table_words", centroids, dtype, make)
 
 
 def _pi_planes(rotation: torch.Tensor) -> torch.Tensor:
@@ -131,7 +117,7 @@ def _pi_planes(rotation: torch.Tensor) -> torch.Tensor:
         pi = rotation.detach().to(torch.float32)
         return torch.stack([pi[2 * rows].T, pi[2 * rows + 1].T]).contiguous()
 
-    return _derived("pi_planes", rotation, None, make)
+    return derived("pi_planes", rotation, None, make)
 
 
 @functools.lru_cache(maxsize=None)
@@ -141,17 +127,13 @@ def _kernel_sources(tables) -> tuple[str, str]:
     return lookup.key_lookup_asm(tables), lookup.value_lookup_asm(tables)
 
 
-def _stream_id(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-
-
 _Q_PLANES: dict[tuple[torch.device, int, torch.dtype, int, int], torch.Tensor] = {}
 
 
 def _q_planes(device: torch.device, dtype: torch.dtype, batch_heads: int, m: int) -> torch.Tensor:
     """[B * H_kv, 2, 64, M] query planes, cached per stream and shape (kept alive for captured
     graphs; two streams decoding at once never share them)."""
-    key = (device, _stream_id(device), dtype, batch_heads, m)
+    key = (device, stream_id(device), dtype, batch_heads, m)
     if key not in _Q_PLANES:
         _Q_PLANES[key] = torch.empty((batch_heads, 2, 64, m), device=device, dtype=dtype)
     return _Q_PLANES[key]
@@ -178,7 +160,7 @@ def launch_partials(
     q: torch.Tensor,
     k: CompressedTensor,
     v: CompressedTensor,
-    sm_scale: float,
+    qk_scale: float,
     plan,
     workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     mask: torch.Tensor | None = None,
@@ -210,7 +192,7 @@ def launch_partials(
         _table_words(k.centroids, q.dtype),
         part_acc, part_m, part_l, plan.capacity,
         keys, keys.stride(0), keys.stride(1),
-        plan.kv_per_split, n_kv, n_q, kv_heads, sm_scale * LOG2E,
+        plan.kv_per_split, n_kv, n_q, kv_heads, qk_scale,
         GROUP=spec.group, M=m, STAGES=STAGES, K_LOOKUP=k_lookup, V_LOOKUP=v_lookup,
         V_SCALE=V_SCALE[q.dtype], HAS_MASK=mask is not None, num_warps=4, **_reg_cap(m, mask is not None),
     )  # fmt: skip
