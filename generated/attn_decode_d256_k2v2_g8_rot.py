@@ -80,11 +80,10 @@ def attn_decode_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running row max (base 2)
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running softmax denominator
-    acc0 = tl.zeros([BLOCK_M, 64], tl.float32)  # divided by v_scale
-    acc1 = tl.zeros([BLOCK_M, 64], tl.float32)  # divided by v_scale
-    acc2 = tl.zeros([BLOCK_M, 64], tl.float32)  # divided by v_scale
-    acc3 = tl.zeros([BLOCK_M, 64], tl.float32)  # divided by v_scale
-    v_scale = tl.full([], 1.0, tl.float32)  # power of two >= every V norm seen so far
+    acc0 = tl.zeros([BLOCK_M, 64], tl.float32)
+    acc1 = tl.zeros([BLOCK_M, 64], tl.float32)
+    acc2 = tl.zeros([BLOCK_M, 64], tl.float32)
+    acc3 = tl.zeros([BLOCK_M, 64], tl.float32)
 
     # -- full tiles: every row sees every key, no bounds or causal masking
     for start_n in range(kv_lo, kv_mid, BLOCK_N):
@@ -121,21 +120,19 @@ def attn_decode_kernel(
         m_i = m_new
 
         # P @ (n_v * c[codes]), one accumulator per plane of V (coordinates 4*j + k of
-        # the rotated space).  The norms are folded into P relative to v_scale, a power of two at least
-        # the largest norm seen so far, so P stays in [0, 1] when cast to Q's dtype (p * n_v itself may
-        # overflow fp16).  The accumulators hold the sums divided by v_scale: when it grows they are
-        # rescaled together with the softmax's 2^(m_old - m_new), inside the dot's accumulate.
+        # the rotated space).  The norms are folded into P relative to the tile's largest, so P
+        # stays in [0, 1] when cast to Q's dtype (p * n_v itself may overflow fp16); the tile's
+        # dot is scaled back by that largest norm in fp32.
         v_norm = tl.load(vn_base + cols * stride_vnn)
-        v_scale_new = tl.exp2(tl.ceil(tl.log2(tl.maximum(v_scale, tl.max(v_norm, 0)))))
-        rescale = alpha * (v_scale / v_scale_new)
-        v_scale = v_scale_new
-        p_v = (p * (v_norm / v_scale)[None, :]).to(dtype)
+        v_max = tl.max(v_norm, 0)
+        v_max = tl.where(v_max > 0.0, v_max, 1.0)
+        p_v = (p * (v_norm / v_max)[None, :]).to(dtype)
         v_ptrs = v_base + cols[:, None] * stride_vn + vj[None, :]
         v_bytes = tl.load(v_ptrs).to(tl.int32)
-        acc0 = tl.dot(p_v, tl.load(V_centroids + (v_bytes >> 6)), acc0 * rescale[:, None])
-        acc1 = tl.dot(p_v, tl.load(V_centroids + ((v_bytes >> 4) & 0x3)), acc1 * rescale[:, None])
-        acc2 = tl.dot(p_v, tl.load(V_centroids + ((v_bytes >> 2) & 0x3)), acc2 * rescale[:, None])
-        acc3 = tl.dot(p_v, tl.load(V_centroids + ((v_bytes >> 0) & 0x3)), acc3 * rescale[:, None])
+        acc0 = acc0 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (v_bytes >> 6))) * v_max
+        acc1 = acc1 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + ((v_bytes >> 4) & 0x3))) * v_max
+        acc2 = acc2 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + ((v_bytes >> 2) & 0x3))) * v_max
+        acc3 = acc3 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + ((v_bytes >> 0) & 0x3))) * v_max
 
     # -- boundary tiles: the end of the range
     for start_n in range(kv_mid, kv_hi, BLOCK_N):
@@ -176,21 +173,19 @@ def attn_decode_kernel(
         m_i = m_new
 
         # P @ (n_v * c[codes]), one accumulator per plane of V (coordinates 4*j + k of
-        # the rotated space).  The norms are folded into P relative to v_scale, a power of two at least
-        # the largest norm seen so far, so P stays in [0, 1] when cast to Q's dtype (p * n_v itself may
-        # overflow fp16).  The accumulators hold the sums divided by v_scale: when it grows they are
-        # rescaled together with the softmax's 2^(m_old - m_new), inside the dot's accumulate.
+        # the rotated space).  The norms are folded into P relative to the tile's largest, so P
+        # stays in [0, 1] when cast to Q's dtype (p * n_v itself may overflow fp16); the tile's
+        # dot is scaled back by that largest norm in fp32.
         v_norm = tl.load(vn_base + cols * stride_vnn, mask=col_ok, other=0.0)
-        v_scale_new = tl.exp2(tl.ceil(tl.log2(tl.maximum(v_scale, tl.max(v_norm, 0)))))
-        rescale = alpha * (v_scale / v_scale_new)
-        v_scale = v_scale_new
-        p_v = (p * (v_norm / v_scale)[None, :]).to(dtype)
+        v_max = tl.max(v_norm, 0)
+        v_max = tl.where(v_max > 0.0, v_max, 1.0)
+        p_v = (p * (v_norm / v_max)[None, :]).to(dtype)
         v_ptrs = v_base + cols[:, None] * stride_vn + vj[None, :]
         v_bytes = tl.load(v_ptrs, mask=col_ok[:, None], other=0).to(tl.int32)
-        acc0 = tl.dot(p_v, tl.load(V_centroids + (v_bytes >> 6)), acc0 * rescale[:, None])
-        acc1 = tl.dot(p_v, tl.load(V_centroids + ((v_bytes >> 4) & 0x3)), acc1 * rescale[:, None])
-        acc2 = tl.dot(p_v, tl.load(V_centroids + ((v_bytes >> 2) & 0x3)), acc2 * rescale[:, None])
-        acc3 = tl.dot(p_v, tl.load(V_centroids + ((v_bytes >> 0) & 0x3)), acc3 * rescale[:, None])
+        acc0 = acc0 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (v_bytes >> 6))) * v_max
+        acc1 = acc1 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + ((v_bytes >> 4) & 0x3))) * v_max
+        acc2 = acc2 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + ((v_bytes >> 2) & 0x3))) * v_max
+        acc3 = acc3 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + ((v_bytes >> 0) & 0x3))) * v_max
 
     # -- epilogue
     # Partials for the log-sum-exp merge (decode_reduce): row max m (base 2), sum l and
@@ -199,7 +194,7 @@ def attn_decode_kernel(
     tl.store(Part_m + part, m_i, mask=row_ok)
     tl.store(Part_l + part, l_i, mask=row_ok)
     part_rows = Part_acc + part * HEAD_DIM
-    tl.store(part_rows[:, None] + (4 * vj + 0)[None, :], acc0 * v_scale, mask=row_ok[:, None])
-    tl.store(part_rows[:, None] + (4 * vj + 1)[None, :], acc1 * v_scale, mask=row_ok[:, None])
-    tl.store(part_rows[:, None] + (4 * vj + 2)[None, :], acc2 * v_scale, mask=row_ok[:, None])
-    tl.store(part_rows[:, None] + (4 * vj + 3)[None, :], acc3 * v_scale, mask=row_ok[:, None])
+    tl.store(part_rows[:, None] + (4 * vj + 0)[None, :], acc0, mask=row_ok[:, None])
+    tl.store(part_rows[:, None] + (4 * vj + 1)[None, :], acc1, mask=row_ok[:, None])
+    tl.store(part_rows[:, None] + (4 * vj + 2)[None, :], acc2, mask=row_ok[:, None])
+    tl.store(part_rows[:, None] + (4 * vj + 3)[None, :], acc3, mask=row_ok[:, None])

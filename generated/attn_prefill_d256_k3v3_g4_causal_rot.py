@@ -89,15 +89,14 @@ def attn_prefill_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running row max (base 2)
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running softmax denominator
-    acc0 = tl.zeros([BLOCK_M, 32], tl.float32)  # divided by v_scale
-    acc1 = tl.zeros([BLOCK_M, 32], tl.float32)  # divided by v_scale
-    acc2 = tl.zeros([BLOCK_M, 32], tl.float32)  # divided by v_scale
-    acc3 = tl.zeros([BLOCK_M, 32], tl.float32)  # divided by v_scale
-    acc4 = tl.zeros([BLOCK_M, 32], tl.float32)  # divided by v_scale
-    acc5 = tl.zeros([BLOCK_M, 32], tl.float32)  # divided by v_scale
-    acc6 = tl.zeros([BLOCK_M, 32], tl.float32)  # divided by v_scale
-    acc7 = tl.zeros([BLOCK_M, 32], tl.float32)  # divided by v_scale
-    v_scale = tl.full([], 1.0, tl.float32)  # power of two >= every V norm seen so far
+    acc0 = tl.zeros([BLOCK_M, 32], tl.float32)
+    acc1 = tl.zeros([BLOCK_M, 32], tl.float32)
+    acc2 = tl.zeros([BLOCK_M, 32], tl.float32)
+    acc3 = tl.zeros([BLOCK_M, 32], tl.float32)
+    acc4 = tl.zeros([BLOCK_M, 32], tl.float32)
+    acc5 = tl.zeros([BLOCK_M, 32], tl.float32)
+    acc6 = tl.zeros([BLOCK_M, 32], tl.float32)
+    acc7 = tl.zeros([BLOCK_M, 32], tl.float32)
 
     # -- full tiles: every row sees every key, no bounds or causal masking
     for start_n in range(kv_lo, kv_mid, BLOCK_N):
@@ -140,27 +139,25 @@ def attn_prefill_kernel(
         m_i = m_new
 
         # P @ (n_v * c[codes]), one accumulator per plane of V (coordinates 8*j + k of
-        # the rotated space).  The norms are folded into P relative to v_scale, a power of two at least
-        # the largest norm seen so far, so P stays in [0, 1] when cast to Q's dtype (p * n_v itself may
-        # overflow fp16).  The accumulators hold the sums divided by v_scale: when it grows they are
-        # rescaled together with the softmax's 2^(m_old - m_new), inside the dot's accumulate.
+        # the rotated space).  The norms are folded into P relative to the tile's largest, so P
+        # stays in [0, 1] when cast to Q's dtype (p * n_v itself may overflow fp16); the tile's
+        # dot is scaled back by that largest norm in fp32.
         v_norm = tl.load(vn_base + cols * stride_vnn)
-        v_scale_new = tl.exp2(tl.ceil(tl.log2(tl.maximum(v_scale, tl.max(v_norm, 0)))))
-        rescale = alpha * (v_scale / v_scale_new)
-        v_scale = v_scale_new
-        p_v = (p * (v_norm / v_scale)[None, :]).to(dtype)
+        v_max = tl.max(v_norm, 0)
+        v_max = tl.where(v_max > 0.0, v_max, 1.0)
+        p_v = (p * (v_norm / v_max)[None, :]).to(dtype)
         v_ptrs = v_base + cols[:, None] * stride_vn + vj[None, :]
         v_bits0 = tl.load(v_ptrs).to(tl.int32)
         v_bits1 = tl.load(v_ptrs + 32).to(tl.int32)
         v_bits2 = tl.load(v_ptrs + 64).to(tl.int32)
-        acc0 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 7) & 1) | (((v_bits1 >> 7) & 1) << 1) | (((v_bits2 >> 7) & 1) << 2))), acc0 * rescale[:, None])
-        acc1 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 6) & 1) | (((v_bits1 >> 6) & 1) << 1) | (((v_bits2 >> 6) & 1) << 2))), acc1 * rescale[:, None])
-        acc2 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 5) & 1) | (((v_bits1 >> 5) & 1) << 1) | (((v_bits2 >> 5) & 1) << 2))), acc2 * rescale[:, None])
-        acc3 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 4) & 1) | (((v_bits1 >> 4) & 1) << 1) | (((v_bits2 >> 4) & 1) << 2))), acc3 * rescale[:, None])
-        acc4 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 3) & 1) | (((v_bits1 >> 3) & 1) << 1) | (((v_bits2 >> 3) & 1) << 2))), acc4 * rescale[:, None])
-        acc5 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 2) & 1) | (((v_bits1 >> 2) & 1) << 1) | (((v_bits2 >> 2) & 1) << 2))), acc5 * rescale[:, None])
-        acc6 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 1) & 1) | (((v_bits1 >> 1) & 1) << 1) | (((v_bits2 >> 1) & 1) << 2))), acc6 * rescale[:, None])
-        acc7 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 0) & 1) | (((v_bits1 >> 0) & 1) << 1) | (((v_bits2 >> 0) & 1) << 2))), acc7 * rescale[:, None])
+        acc0 = acc0 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 7) & 1) | (((v_bits1 >> 7) & 1) << 1) | (((v_bits2 >> 7) & 1) << 2)))) * v_max
+        acc1 = acc1 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 6) & 1) | (((v_bits1 >> 6) & 1) << 1) | (((v_bits2 >> 6) & 1) << 2)))) * v_max
+        acc2 = acc2 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 5) & 1) | (((v_bits1 >> 5) & 1) << 1) | (((v_bits2 >> 5) & 1) << 2)))) * v_max
+        acc3 = acc3 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 4) & 1) | (((v_bits1 >> 4) & 1) << 1) | (((v_bits2 >> 4) & 1) << 2)))) * v_max
+        acc4 = acc4 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 3) & 1) | (((v_bits1 >> 3) & 1) << 1) | (((v_bits2 >> 3) & 1) << 2)))) * v_max
+        acc5 = acc5 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 2) & 1) | (((v_bits1 >> 2) & 1) << 1) | (((v_bits2 >> 2) & 1) << 2)))) * v_max
+        acc6 = acc6 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 1) & 1) | (((v_bits1 >> 1) & 1) << 1) | (((v_bits2 >> 1) & 1) << 2)))) * v_max
+        acc7 = acc7 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 0) & 1) | (((v_bits1 >> 0) & 1) << 1) | (((v_bits2 >> 0) & 1) << 2)))) * v_max
 
     # -- boundary tiles: the end of the range and the causal diagonal
     for start_n in range(kv_mid, kv_hi, BLOCK_N):
@@ -207,31 +204,29 @@ def attn_prefill_kernel(
         m_i = m_new
 
         # P @ (n_v * c[codes]), one accumulator per plane of V (coordinates 8*j + k of
-        # the rotated space).  The norms are folded into P relative to v_scale, a power of two at least
-        # the largest norm seen so far, so P stays in [0, 1] when cast to Q's dtype (p * n_v itself may
-        # overflow fp16).  The accumulators hold the sums divided by v_scale: when it grows they are
-        # rescaled together with the softmax's 2^(m_old - m_new), inside the dot's accumulate.
+        # the rotated space).  The norms are folded into P relative to the tile's largest, so P
+        # stays in [0, 1] when cast to Q's dtype (p * n_v itself may overflow fp16); the tile's
+        # dot is scaled back by that largest norm in fp32.
         v_norm = tl.load(vn_base + cols * stride_vnn, mask=col_ok, other=0.0)
-        v_scale_new = tl.exp2(tl.ceil(tl.log2(tl.maximum(v_scale, tl.max(v_norm, 0)))))
-        rescale = alpha * (v_scale / v_scale_new)
-        v_scale = v_scale_new
-        p_v = (p * (v_norm / v_scale)[None, :]).to(dtype)
+        v_max = tl.max(v_norm, 0)
+        v_max = tl.where(v_max > 0.0, v_max, 1.0)
+        p_v = (p * (v_norm / v_max)[None, :]).to(dtype)
         v_ptrs = v_base + cols[:, None] * stride_vn + vj[None, :]
         v_bits0 = tl.load(v_ptrs, mask=col_ok[:, None], other=0).to(tl.int32)
         v_bits1 = tl.load(v_ptrs + 32, mask=col_ok[:, None], other=0).to(tl.int32)
         v_bits2 = tl.load(v_ptrs + 64, mask=col_ok[:, None], other=0).to(tl.int32)
-        acc0 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 7) & 1) | (((v_bits1 >> 7) & 1) << 1) | (((v_bits2 >> 7) & 1) << 2))), acc0 * rescale[:, None])
-        acc1 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 6) & 1) | (((v_bits1 >> 6) & 1) << 1) | (((v_bits2 >> 6) & 1) << 2))), acc1 * rescale[:, None])
-        acc2 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 5) & 1) | (((v_bits1 >> 5) & 1) << 1) | (((v_bits2 >> 5) & 1) << 2))), acc2 * rescale[:, None])
-        acc3 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 4) & 1) | (((v_bits1 >> 4) & 1) << 1) | (((v_bits2 >> 4) & 1) << 2))), acc3 * rescale[:, None])
-        acc4 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 3) & 1) | (((v_bits1 >> 3) & 1) << 1) | (((v_bits2 >> 3) & 1) << 2))), acc4 * rescale[:, None])
-        acc5 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 2) & 1) | (((v_bits1 >> 2) & 1) << 1) | (((v_bits2 >> 2) & 1) << 2))), acc5 * rescale[:, None])
-        acc6 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 1) & 1) | (((v_bits1 >> 1) & 1) << 1) | (((v_bits2 >> 1) & 1) << 2))), acc6 * rescale[:, None])
-        acc7 = tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 0) & 1) | (((v_bits1 >> 0) & 1) << 1) | (((v_bits2 >> 0) & 1) << 2))), acc7 * rescale[:, None])
+        acc0 = acc0 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 7) & 1) | (((v_bits1 >> 7) & 1) << 1) | (((v_bits2 >> 7) & 1) << 2)))) * v_max
+        acc1 = acc1 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 6) & 1) | (((v_bits1 >> 6) & 1) << 1) | (((v_bits2 >> 6) & 1) << 2)))) * v_max
+        acc2 = acc2 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 5) & 1) | (((v_bits1 >> 5) & 1) << 1) | (((v_bits2 >> 5) & 1) << 2)))) * v_max
+        acc3 = acc3 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 4) & 1) | (((v_bits1 >> 4) & 1) << 1) | (((v_bits2 >> 4) & 1) << 2)))) * v_max
+        acc4 = acc4 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 3) & 1) | (((v_bits1 >> 3) & 1) << 1) | (((v_bits2 >> 3) & 1) << 2)))) * v_max
+        acc5 = acc5 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 2) & 1) | (((v_bits1 >> 2) & 1) << 1) | (((v_bits2 >> 2) & 1) << 2)))) * v_max
+        acc6 = acc6 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 1) & 1) | (((v_bits1 >> 1) & 1) << 1) | (((v_bits2 >> 1) & 1) << 2)))) * v_max
+        acc7 = acc7 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 0) & 1) | (((v_bits1 >> 0) & 1) << 1) | (((v_bits2 >> 0) & 1) << 2)))) * v_max
 
     # -- epilogue
     # Normalise once; a row that saw no key (causal N_q > N_kv, fully masked) outputs 0.
-    inv_l = v_scale / tl.where(l_i == 0.0, 1.0, l_i)
+    inv_l = 1.0 / tl.where(l_i == 0.0, 1.0, l_i)
     o_rows = Out + b * stride_ob + q_head * stride_oh + q_pos * stride_om
     # Back to the original space: out = sum over planes of acc_k @ Pi[8*j + k, :].
     # Each row enters the dot scaled to max |y| = 1 and is scaled back in fp32: a rotated
