@@ -103,13 +103,11 @@ def _row(case: DecodeCase, impl: str, mode: str) -> dict[str, Any]:
             "head_dim": head_dim, "error": None}
 
 
-def graph_ms(ctx: BenchContext, fn) -> float | None:
-    """Device time of ``fn`` replayed in a CUDA graph (host launch cost removed), or None off-GPU."""
-    if not ctx.on_gpu:
-        return None
+def capture(fn) -> torch.cuda.CUDAGraph:
+    """``fn`` captured in a CUDA graph, after warm-up calls (compile, allocate, pick backends)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # compile, allocate and pick backends outside the capture
+    with torch.cuda.stream(stream):
         for _ in range(3):
             fn()
     torch.cuda.current_stream().wait_stream(stream)
@@ -117,7 +115,12 @@ def graph_ms(ctx: BenchContext, fn) -> float | None:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return ctx.timer(graph.replay)
+    return graph
+
+
+def graph_ms(ctx: BenchContext, fn) -> float | None:
+    """Device time of ``fn`` replayed in a CUDA graph (host launch cost removed), or None off-GPU."""
+    return ctx.timer(capture(fn).replay) if ctx.on_gpu else None
 
 
 def run(ctx: BenchContext, selected: list[DecodeCase] | None = None,
@@ -212,16 +215,7 @@ def cuda_graph_check(ctx: BenchContext, q, ck, cv) -> dict[str, Any]:
     result: dict[str, Any] = {"checked": True, "shape": f"B={q.shape[0]} N={ck.shape[2]} K4V4"}
     try:
         out = torch.empty_like(q)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm up (compile, allocate) outside the capture
-            for _ in range(3):
-                tq_attention(q, ck, cv, out=out)
-        torch.cuda.current_stream().wait_stream(stream)
-        sync()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            tq_attention(q, ck, cv, out=out)
+        graph = capture(lambda: tq_attention(q, ck, cv, out=out))
         q.copy_(torch.randn_like(q))  # the replay must read the buffer, not a captured copy
         poison_(out)
         graph.replay()
