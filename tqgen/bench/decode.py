@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from tqgen.bench.common import (
     BenchContext,
@@ -158,16 +159,15 @@ def _run_case(ctx: BenchContext, case: DecodeCase, q_heads: int, kv_heads: int, 
         sdpa_row.update(ms=res.ms, backend=res.backend, sdpa_backends=res.per_backend, bytes=nbytes,
                         tbps=tbps(nbytes, res.ms) if res.ms else None)
         sdpa_row["frac_copy"] = frac(sdpa_row["tbps"], ctx.copy_tbps)
+        def sdpa():
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+
         if res.ms is None:
             sdpa_row["error"] = "no SDPA backend ran"
         else:
-            import torch.nn.functional as F
-
-            sdpa_row["graph_ms"] = graph_ms(ctx, lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+            sdpa_row["graph_ms"] = graph_ms(ctx, sdpa)
         if (b, n) == SHORT_SHAPE and ctx.on_gpu:
-            import torch.nn.functional as F
-
-            sdpa_row["host_loop_ms"] = host_loop_ms(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+            sdpa_row["host_loop_ms"] = host_loop_ms(sdpa)
     rows.append(sdpa_row)
 
     for mode in case.modes:
@@ -199,8 +199,6 @@ def _run_case(ctx: BenchContext, case: DecodeCase, q_heads: int, kv_heads: int, 
 
 def _check(q, ck, cv, out) -> dict[str, Any]:
     """One poisoned launch compared with SDPA on the dequantised K/V."""
-    import torch.nn.functional as F
-
     poison_(out)
     tq_attention(q, ck, cv, out=out)
     kd, vd = dequantize(ck, q.dtype), dequantize(cv, q.dtype)
