@@ -46,8 +46,8 @@ def test_gluon_decode_matches_float64(dtype: torch.dtype, group: int) -> None:
     n = random_length(1, 3000)
     problem = make_problem(n_q=1, n_kv=n, head_dim=128, group=group, kv_heads=2, batch=2, k_bits=4, v_bits=4,
                            dtype=dtype, device="cuda")
-    assert decode_sm90.supports(SPEC if group == 4 else VariantSpec(Family.ATTN_DECODE, 128, 4, 4, group, False, True),
-                                problem.q, problem.k, problem.v, None)
+    spec = VariantSpec(Family.ATTN_DECODE, 128, 4, 4, group, False, True)
+    assert decode_sm90.supports(spec, problem.q, problem.k, problem.v, None)
     problem.check(name=f"gluon {dtype} group {group} n {n}")
 
 
