@@ -5,7 +5,7 @@ For every token row x of one (batch, head):
 
     n   = ||x||                      stored in fp32
     y   = (x / n) @ Pi.T             rotated unit vector
-    idx = #{b in boundaries : y > b} Lloyd-Max cell, ties go to the lower cell
+    idx = #{b in boundaries : y > b} Lloyd-Max cell
     packed bytes, 2 coordinates per byte position (plane k holds coordinates 2*j + k)
 
 The codes and the norm go straight into a (preallocated) cache buffer at token
@@ -19,82 +19,101 @@ import triton.language as tl
 @triton.jit
 def compress_kernel(
     x_ptr, stride_xb, stride_xh, stride_xn,  # [B, H, N, 80] fp16/bf16/fp32, last dim contiguous
-    rotation_ptr,  # Pi, fp32 [80, 80] contiguous
-    boundaries_ptr,  # fp32 [15], ascending
+    rotation_ptr,  # Pi split in fp16 halves: [2, 80, 80], Pi = hi + lo
+    boundaries_ptr,  # fp32 [15], ascending and symmetric about 0
     packed_ptr, stride_pb, stride_ph, stride_pn,  # uint8 [B, H, capacity, 40]
     norms_ptr, stride_nb, stride_nh, stride_nn,  # fp32 [B, H, capacity]
-    n_tokens, n_heads, start,
+    n_tokens, n_heads, n_batch, start,
     BLOCK_T: tl.constexpr,
 ):
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    batch = (pid_bh // n_heads).to(tl.int64)
-    head = (pid_bh % n_heads).to(tl.int64)
-
-    tokens = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    token_ok = tokens < n_tokens
-    x_rows = x_ptr + batch * stride_xb + head * stride_xh + tokens.to(tl.int64) * stride_xn
-
-    # Plane k holds coordinates d = 2*j + k; row d of Pi produces coordinate d of y.
+    # Persistent programs (the launcher starts a few per SM): each walks its share of the
+    # (token block, batch * head) tiles.
     j = tl.arange(0, 64)
-    j_ok = j < 40
+    cols = tl.arange(0, 128)
+    pi_rows = 2 * j + 0
+    pi_ok = (cols < 80)[:, None] & (pi_rows < 80)[None, :]
+    pi_hi_0 = tl.load(rotation_ptr + pi_rows[None, :] * 80 + cols[:, None], mask=pi_ok, other=0.0)
+    pi_lo_0 = tl.load(rotation_ptr + 6400 + pi_rows[None, :] * 80 + cols[:, None], mask=pi_ok, other=0.0)
 
-    # ---- rotate: y_k = x @ Pi[2*j + k, :].T, one dot per plane, streamed over
-    # 64-column slices of x and Pi; the squared norm accumulates on the way.
-    # tf32x3 keeps fp32 accuracy, so the codes match an fp32 reference except on near-ties.
-    # Both run on x / s, s the power of two at or below the row's largest |x| so far (the
-    # accumulators are rescaled when it grows): x * x neither overflows (|x| > ~1e19) nor
-    # underflows (|x| < ~1e-19), and power-of-two scaling is exact, so nothing else changes.
-    sum_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
-    x_scale = tl.zeros([BLOCK_T], dtype=tl.float32)
-    y_0 = tl.zeros([BLOCK_T, 64], dtype=tl.float32)
-    y_1 = tl.zeros([BLOCK_T, 64], dtype=tl.float32)
-    for c in tl.static_range(0, 128, 64):
-        cols = c + tl.arange(0, 64)
-        col_ok = cols < 80
-        x = tl.load(x_rows[:, None] + cols[None, :], mask=token_ok[:, None] & col_ok[None, :], other=0.0)
-        x = x.to(tl.float32)
-        exponent = tl.max(tl.abs(x), axis=1).to(tl.int32, bitcast=True) & 0x7F800000
-        chunk_scale = tl.where(exponent == 0, 1.1754943508222875e-38, exponent.to(tl.float32, bitcast=True))
-        new_scale = tl.maximum(x_scale, chunk_scale)
-        rescale = x_scale / new_scale
-        x_scale = new_scale
-        x = x * (1.0 / new_scale)[:, None]
-        sum_sq = sum_sq * rescale * rescale + tl.sum(x * x, axis=1)
-        pi_rows = 2 * j + 0
-        pi = tl.load(
-            rotation_ptr + pi_rows[:, None] * 80 + cols[None, :],
-            mask=(pi_rows < 80)[:, None] & col_ok[None, :],
-            other=0.0,
-        )
-        y_0 = tl.dot(x, tl.trans(pi), y_0 * rescale[:, None], input_precision="tf32x3")
-        pi_rows = 2 * j + 1
-        pi = tl.load(
-            rotation_ptr + pi_rows[:, None] * 80 + cols[None, :],
-            mask=(pi_rows < 80)[:, None] & col_ok[None, :],
-            other=0.0,
-        )
-        y_1 = tl.dot(x, tl.trans(pi), y_1 * rescale[:, None], input_precision="tf32x3")
+    pi_rows = 2 * j + 1
+    pi_ok = (cols < 80)[:, None] & (pi_rows < 80)[None, :]
+    pi_hi_1 = tl.load(rotation_ptr + pi_rows[None, :] * 80 + cols[:, None], mask=pi_ok, other=0.0)
+    pi_lo_1 = tl.load(rotation_ptr + 6400 + pi_rows[None, :] * 80 + cols[:, None], mask=pi_ok, other=0.0)
 
-    # ---- norm: fp32, n = s * ||x / s||.  Dividing by max(n, FLT_MIN) like the reference keeps a
-    # zero vector at y = 0 with norm 0, so it decodes to exact zeros.
-    norm_scaled = tl.sqrt_rn(sum_sq)
-    norm = norm_scaled * x_scale
-    inv_norm = 1.0 / tl.maximum(norm_scaled, 1.1754943508222875e-38)
-    y_0 = y_0 * inv_norm[:, None]
-    y_1 = y_1 * inv_norm[:, None]
+    b_1 = tl.load(boundaries_ptr + 8)
+    b_2 = tl.load(boundaries_ptr + 9)
+    b_3 = tl.load(boundaries_ptr + 10)
+    b_4 = tl.load(boundaries_ptr + 11)
+    b_5 = tl.load(boundaries_ptr + 12)
+    b_6 = tl.load(boundaries_ptr + 13)
+    b_7 = tl.load(boundaries_ptr + 14)
+    token_blocks = tl.cdiv(n_tokens, BLOCK_T)
+    for tile in range(tl.program_id(0), token_blocks * n_heads * n_batch, tl.num_programs(0)):
+        pid_bh = tile // token_blocks
+        batch = (pid_bh // n_heads).to(tl.int64)
+        head = (pid_bh % n_heads).to(tl.int64)
+        tokens = (tile % token_blocks) * BLOCK_T + tl.arange(0, BLOCK_T)
+        token_ok = tokens < n_tokens
 
-    # ---- quantise: the code of y is the number of boundaries strictly below it
-    idx_0 = tl.zeros([BLOCK_T, 64], dtype=tl.int32)
-    idx_1 = tl.zeros([BLOCK_T, 64], dtype=tl.int32)
-    for i in tl.static_range(15):
-        boundary = tl.load(boundaries_ptr + i)
-        idx_0 += (y_0 > boundary).to(tl.int32)
-        idx_1 += (y_1 > boundary).to(tl.int32)
+        # ---- load the token rows
+        x_rows = x_ptr + batch * stride_xb + head * stride_xh + tokens.to(tl.int64) * stride_xn
+        x = tl.load(x_rows[:, None] + cols[None, :], mask=token_ok[:, None] & (cols < 80)[None, :], other=0.0)
 
-    # ---- pack and store at token positions start + n of the output buffer
-    out_tokens = (start + tokens).to(tl.int64)
-    packed_rows = packed_ptr + batch * stride_pb + head * stride_ph + out_tokens * stride_pn
-    tl.store(packed_rows[:, None] + j[None, :], ((idx_0 << 4) | idx_1).to(tl.uint8), mask=token_ok[:, None] & j_ok[None, :])
+        # ---- scale.  fp16 rows go to the tensor cores as they are.  bf16 and fp32 rows are first
+        # scaled by s, the power of two putting the row's largest |x| in [2^14, 2^15): exact, and
+        # it makes x / s an fp16 operand (bf16 rows fit it exactly; fp32 rows add a second term).
+        if x_ptr.dtype.element_ty == tl.float16:
+            x_hi = x
+            scale = 1.0
+        else:
+            x = x.to(tl.float32)
+            exponent = tl.max(tl.abs(x), axis=1).to(tl.int32, bitcast=True) & 0x7F800000
+            scale = tl.maximum(exponent - (14 << 23), 1 << 23).to(tl.float32, bitcast=True)
+            x = x * (1.0 / scale)[:, None]
+            x_hi = x.to(tl.float16)
+            if x_ptr.dtype.element_ty == tl.float32:
+                x_lo = (x - x_hi.to(tl.float32)).to(tl.float16)
 
-    tl.store(norms_ptr + batch * stride_nb + head * stride_nh + out_tokens * stride_nn, norm, mask=token_ok)
+        # ---- rotate: plane k of y = (x / s) @ Pi.T holds rows 2*j + k of Pi, on tensor cores
+        # with Pi = hi + lo in fp16 (Pi to ~2^-22): fp16 products are exact and accumulate in fp32.
+        y_0 = tl.dot(x_hi, pi_lo_0, tl.dot(x_hi, pi_hi_0))
+        if x_ptr.dtype.element_ty == tl.float32:
+            y_0 = tl.dot(x_lo, pi_hi_0, y_0)
+        y_1 = tl.dot(x_hi, pi_lo_1, tl.dot(x_hi, pi_hi_1))
+        if x_ptr.dtype.element_ty == tl.float32:
+            y_1 = tl.dot(x_lo, pi_hi_1, y_1)
+
+        # ---- norm: Pi is orthogonal, so ||x / s|| = ||y||, taken from y where the thresholds
+        # below need it.  |x / s| < 2^16 * 16, so y * y can neither overflow nor underflow fp32.
+        norm_scaled = tl.sqrt_rn(tl.sum(y_0 * y_0, axis=1) + tl.sum(y_1 * y_1, axis=1))
+
+        # ---- quantise.  The codebook is symmetric, so the code of y follows from |y| and its sign:
+        # with cnt = #{positive boundaries below |y|}, y > 0 takes cell 8 + cnt and y <= 0 cell
+        # 7 - cnt.  cnt comes from a binary search over the 7 positive boundaries, compared
+        # with |y| against b * ||y|| (no division per coordinate).
+        t_1 = (b_1 * norm_scaled)[:, None]
+        t_2 = (b_2 * norm_scaled)[:, None]
+        t_3 = (b_3 * norm_scaled)[:, None]
+        t_4 = (b_4 * norm_scaled)[:, None]
+        t_5 = (b_5 * norm_scaled)[:, None]
+        t_6 = (b_6 * norm_scaled)[:, None]
+        t_7 = (b_7 * norm_scaled)[:, None]
+        y_abs = tl.abs(y_0)
+        above_1 = y_abs > t_4
+        above_2 = y_abs > tl.where(above_1, t_6, t_2)
+        above_3 = y_abs > tl.where(above_1, tl.where(above_2, t_7, t_5), tl.where(above_2, t_3, t_1))
+        cnt = above_1.to(tl.int32) * 4 + above_2.to(tl.int32) * 2 + above_3.to(tl.int32)
+        idx_0 = tl.where(y_0 > 0, 8 + cnt, 7 - cnt)
+        y_abs = tl.abs(y_1)
+        above_1 = y_abs > t_4
+        above_2 = y_abs > tl.where(above_1, t_6, t_2)
+        above_3 = y_abs > tl.where(above_1, tl.where(above_2, t_7, t_5), tl.where(above_2, t_3, t_1))
+        cnt = above_1.to(tl.int32) * 4 + above_2.to(tl.int32) * 2 + above_3.to(tl.int32)
+        idx_1 = tl.where(y_1 > 0, 8 + cnt, 7 - cnt)
+
+        # ---- pack and store at token positions start + n of the output buffer
+        out_tokens = (start + tokens).to(tl.int64)
+        packed_rows = packed_ptr + batch * stride_pb + head * stride_ph + out_tokens * stride_pn
+        tl.store(packed_rows[:, None] + j[None, :], ((idx_0 << 4) | idx_1).to(tl.uint8), mask=token_ok[:, None] & (j < 40)[None, :])
+
+        tl.store(norms_ptr + batch * stride_nb + head * stride_nh + out_tokens * stride_nn, norm_scaled * scale, mask=token_ok)

@@ -7,7 +7,8 @@ import torch
 from tqgen.ops.launch import kernel
 from tqgen.quant.packing import packed_width
 from tqgen.spec import Family, VariantSpec
-from tqgen.ops import cdiv
+from tqgen.ops import cdiv, derived
+from tqgen.ops.attention import sm_count
 from tqgen.tuning import launch_config
 from tqgen.validation import (
     FLOAT_DTYPES,
@@ -19,6 +20,18 @@ from tqgen.validation import (
     check_shape,
     check_tensor,
 )
+
+
+def rotation_halves(rotation: torch.Tensor) -> torch.Tensor:
+    """Pi as two fp16 terms [2, D, D], Pi = hi + lo to ~2^-22: the kernel rotates on fp16 tensor
+    cores with fp32 accuracy (derived once per rotation tensor)."""
+
+    def split() -> torch.Tensor:
+        pi = rotation.detach().to(torch.float32)
+        hi = pi.to(torch.float16)
+        return torch.stack((hi, (pi - hi.to(torch.float32)).to(torch.float16))).contiguous()
+
+    return derived("rotation_halves", rotation, None, split)
 
 
 def compress_into(
@@ -66,19 +79,20 @@ def compress_into(
         return
 
     x = check_last_dim_contiguous("x", x)
-    rotation = rotation.to(torch.float32).contiguous()
+    rotation = rotation_halves(rotation)
     boundaries = boundaries.to(torch.float32).contiguous()
     spec = VariantSpec(Family.COMPRESS, head_dim, bits, rotate=True)
     config = launch_config(spec, device)
     block_t = config["BLOCK_T"]
-    grid = (cdiv(n_tokens, block_t), batch * heads)
+    tiles = cdiv(n_tokens, block_t) * batch * heads
+    grid = (min(tiles, config.get("PROGRAMS_PER_SM", 2) * sm_count(device)),)  # persistent programs
     kernel(spec)[grid](
         x, x.stride(0), x.stride(1), x.stride(2),
         rotation,
         boundaries,
         packed, packed.stride(0), packed.stride(1), packed.stride(2),
         norms, norms.stride(0), norms.stride(1), norms.stride(2),
-        n_tokens, heads, start,
+        n_tokens, heads, batch, start,
         BLOCK_T=block_t,
         num_warps=config["num_warps"],
         num_stages=config["num_stages"],
