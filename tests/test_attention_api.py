@@ -77,9 +77,9 @@ def test_seed_wrapper_errors(device: str) -> None:
 def test_dispatch(n_q: int, family: Family, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """N_q <= 16 takes the split-K decode schedule; the variant follows the operands."""
     seen: list[VariantSpec] = []
-    real_decode, real_prefill = api.ops.decode, api.ops.prefill
-    monkeypatch.setattr(api.ops, "decode", lambda spec, *a: seen.append(spec) or real_decode(spec, *a))
-    monkeypatch.setattr(api.ops, "prefill", lambda spec, *a: seen.append(spec) or real_prefill(spec, *a))
+    real_decode, real_prefill = api.attention_ops.decode, api.attention_ops.prefill
+    monkeypatch.setattr(api.attention_ops, "decode", lambda spec, *a: seen.append(spec) or real_decode(spec, *a))
+    monkeypatch.setattr(api.attention_ops, "prefill", lambda spec, *a: seen.append(spec) or real_prefill(spec, *a))
     q, k, v = _qkv(device, nq=n_q, hq=6, hkv=2)
     kc = CompressedTensor(*_compressed(k, 4)[:2], 4, 64, *_compressed(k, 4)[2:4])
     api.attention(q, kc, v, is_causal=True)

@@ -7,7 +7,7 @@ import torch
 import tqgen.hf
 from tqgen import TurboQuant, attention
 from tqgen.hf.testing_models import tiny_causal_lm
-from tqgen.ops.scores import fused_qk_scores
+from tqgen.scores import fused_qk_scores
 
 NO_BACKWARD = "has no backward pass"
 

@@ -11,7 +11,7 @@ Public API (names and signatures of ``turboquant_vllm.triton`` where they overla
 
 from tqgen.attention import attention, triton_flash_attention, triton_flash_attention_tq4, triton_flash_attention_tq4_kv
 from tqgen.compressed import CompressedTensor
-from tqgen.ops.scores import fused_qk_scores
+from tqgen.scores import fused_qk_scores
 from tqgen.turboquant import TurboQuant, tq4_compress, tq4_decompress
 from tqgen.version import __version__
 

@@ -4,7 +4,10 @@
 :class:`~tqgen.compressed.CompressedTensor` of any width (K4/V3 is fine).  It checks
 the inputs, picks the schedule (split-K decode for N_q <= 16, else prefill), the
 generated variant (rendered on demand outside the committed matrix) and the launch
-config (tune cache or arch default), and launches.  It never benchmarks.
+config (tune cache or arch default), and hands them to the launchers in
+:mod:`tqgen.ops.attention`, which check nothing.  It never benchmarks.
+``launch_attention`` is the same dispatch without the checks, for tqgen's own callers
+whose inputs pass them by construction (the Hugging Face backend reading its cache).
 
 ``triton_flash_attention``, ``triton_flash_attention_tq4`` and
 ``triton_flash_attention_tq4_kv`` keep the names and signatures of
@@ -20,19 +23,22 @@ from typing import Literal, Union
 import torch
 
 from tqgen.compressed import CompressedTensor
-from tqgen.ops import attention as ops
+from tqgen.ops import attention as attention_ops
 from tqgen.quant.packing import packed_width
-from tqgen.spec import MAX_GROUP, SUPPORTED_BITS, Family, VariantSpec
+from tqgen.spec import DECODE_MAX_Q, Family, VariantSpec, reduce_spec
 from tqgen.tuning import launch_config, shape_bucket
+from tqgen.tuning.cache import register_invalidator
 from tqgen.validation import (
     FLOAT_DTYPES,
+    as_last_dim_contiguous,
+    bits_of_codebook,
     check_bits,
-    check_head_dim,
-    check_last_dim_contiguous,
+    check_gqa_group,
     check_norms,
     check_same_device,
     check_shape,
     check_tensor,
+    check_vectors,
     forward_only,
     wants_grad,
 )
@@ -40,10 +46,9 @@ from tqgen.validation import (
 KV = Union[torch.Tensor, CompressedTensor]
 Schedule = Literal["auto", "prefill", "decode"]
 
-DECODE_MAX_Q = 16  # N_q up to this uses the split-K decode schedule
-
 __all__ = [
     "attention",
+    "launch_attention",
     "triton_flash_attention",
     "triton_flash_attention_tq4",
     "triton_flash_attention_tq4_kv",
@@ -72,7 +77,7 @@ def _check_kv(name: str, x: object, q: torch.Tensor) -> KV:
             raise ValueError(f"{name}.centroids must have {1 << x.bits} entries for {x.bits}-bit codes, got {centroids.numel()}")
         rotation = check_tensor(f"{name}.rotation", x.rotation, ndim=2, dtypes=FLOAT_DTYPES)
         check_shape(f"{name}.rotation", rotation, (head_dim, head_dim), "[D, D]")
-        packed = check_last_dim_contiguous(f"{name}.packed", packed)
+        packed = as_last_dim_contiguous(packed)
         if packed is x.packed and norms is x.norms:
             return x
         return CompressedTensor(packed, norms, x.bits, head_dim, centroids, rotation)
@@ -80,7 +85,7 @@ def _check_kv(name: str, x: object, q: torch.Tensor) -> KV:
     if t.dtype != q.dtype:
         raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
     check_shape(name, t, (batch, None, None, head_dim), "[B, H_kv, N_kv, D]")
-    return check_last_dim_contiguous(name, t)
+    return as_last_dim_contiguous(t)
 
 
 def _check_shared_rotation(k: KV, v: KV) -> None:
@@ -124,16 +129,42 @@ def _check_out(out: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------- lean dispatch
 @dataclass(frozen=True)
 class _Plan:
-    """What a validated call resolved to; reused by later calls with the same signature."""
+    """What a call resolves to besides its sizes: the variant, and for decode the reduce variant
+    and its config (a reduce config has no shape bucket)."""
 
     decode: bool
     spec: VariantSpec
-    kv_heads: int
+    reduce: VariantSpec | None
     reduce_config: dict[str, int] | None
 
 
-_PLANS: dict[tuple, _Plan] = {}
+_PLAN_OF: dict[tuple, _Plan] = {}  # (decode, head_dim, k_bits, v_bits, group, causal, device) -> plan
+_PLANS: dict[tuple, _Plan] = {}  # call signature (of a call that passed the checks) -> plan
 _MAX_PLANS = 512  # distinct call signatures remembered (a model has a handful)
+
+
+def _plan(decode: bool, head_dim: int, k_bits: int | None, v_bits: int | None, group: int, causal: bool,
+          device: torch.device) -> _Plan:
+    """The plan of a call, memoised (the memo is dropped with the configs: see ``_forget_plans``)."""
+    key = (decode, head_dim, k_bits, v_bits, group, causal, device)
+    plan = _PLAN_OF.get(key)
+    if plan is None:
+        family = Family.ATTN_DECODE if decode else Family.ATTN_PREFILL
+        rotate = k_bits is not None or v_bits is not None
+        spec = VariantSpec(family, head_dim, k_bits, v_bits, group, causal, rotate)
+        reduce = reduce_spec(spec) if decode else None
+        plan = _Plan(decode, spec, reduce, launch_config(reduce, device) if decode else None)
+        if len(_PLAN_OF) >= _MAX_PLANS:
+            _PLAN_OF.clear()
+        _PLAN_OF[key] = plan
+    return plan
+
+
+@register_invalidator
+def _forget_plans() -> None:
+    """Plans hold reduce configs: forget them whenever the tune cache or an override changes."""
+    _PLAN_OF.clear()
+    _PLANS.clear()
 
 
 def _operand_signature(x: object) -> tuple | None:
@@ -194,12 +225,33 @@ def _lean_checks(q: torch.Tensor, k: KV, v: KV, mask: torch.Tensor | None) -> in
 
 def _launch(plan: _Plan, q: torch.Tensor, k: KV, v: KV, out: torch.Tensor, scale: float,
             mask: torch.Tensor | None, n_kv: int) -> torch.Tensor:
+    """Look up the launch config of this call's shape bucket and launch (every input is checked)."""
     batch, _, n_q, _ = q.shape
     spec = plan.spec
-    config = launch_config(spec, q.device, shape_bucket(spec, n_q, n_kv, batch * plan.kv_heads))
+    config = launch_config(spec, q.device, shape_bucket(spec, n_q, n_kv, batch * _kv_heads(k)))
     if not plan.decode:
-        return ops.prefill(spec, config, q, k, v, out, scale, mask)
-    return ops.decode(spec, config, plan.reduce_config, q, k, v, out, scale, mask)
+        return attention_ops.prefill(spec, config, q, k, v, out, scale, mask)
+    return attention_ops.decode(spec, config, plan.reduce, plan.reduce_config, q, k, v, out, scale, mask)
+
+
+def _launch_unchecked(plan: _Plan, q: torch.Tensor, k: KV, v: KV, sm_scale: float | None,
+                      mask: torch.Tensor | None, out: torch.Tensor | None, n_kv: int) -> torch.Tensor:
+    """``_launch`` of arguments as a caller passed them, known to pass the checks: the default
+    scale, the mask broadcast to [B, H_q, N_q, N_kv] and the output allocated here."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
+    if mask is not None:
+        mask = mask[(None,) * (4 - mask.dim())].expand(*q.shape[:3], n_kv)
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    return _launch(plan, q, k, v, out, scale, mask, n_kv)
+
+
+def _kv_heads(x: KV) -> int:
+    return x.packed.shape[1] if isinstance(x, CompressedTensor) else x.shape[1]
+
+
+def _bits(x: KV) -> int | None:
+    return x.bits if isinstance(x, CompressedTensor) else None
 
 
 # --------------------------------------------------------------- dispatcher
@@ -242,28 +294,16 @@ def attention(
     if plan is not None:
         n_kv = _lean_checks(q, k, v, attention_mask)
         if n_kv is not None:  # same checks as a call that passed them: go straight to the launch
-            scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
-            mask = attention_mask
-            if mask is not None:
-                mask = mask[(None,) * (4 - mask.dim())].expand(*q.shape[:3], n_kv)
-            if out is None:
-                out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-            return _launch(plan, q, k, v, out, scale, mask, n_kv)
+            return _launch_unchecked(plan, q, k, v, sm_scale, attention_mask, out, n_kv)
     inputs = (q, k, v)
-    q = check_tensor("q", q, ndim=4, dtypes=FLOAT_DTYPES)
+    q = check_vectors("q", q)
     batch, q_heads, n_q, head_dim = q.shape
-    check_head_dim("q", head_dim)
-    q = check_last_dim_contiguous("q", q)
     k = _check_kv("k", k, q)
     v = _check_kv("v", v, q)
     kv_heads, n_kv = k.shape[1], k.shape[2]
     if tuple(v.shape[:3]) != tuple(k.shape[:3]):
         raise ValueError(f"v must match k's [B, H_kv, N_kv] = {tuple(k.shape[:3])}, got {tuple(v.shape[:3])}")
-    if kv_heads < 1 or q_heads % kv_heads:
-        raise ValueError(f"q heads ({q_heads}) must be a multiple of k/v heads ({kv_heads})")
-    group = q_heads // kv_heads
-    if group > MAX_GROUP:
-        raise ValueError(f"q heads / k heads = {group}: GQA groups of at most {MAX_GROUP} are supported")
+    group = check_gqa_group(q_heads, kv_heads)
     _check_shared_rotation(k, v)
     if not isinstance(is_causal, bool):
         raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
@@ -295,13 +335,7 @@ def attention(
     if n_kv == 0:  # no key to attend to: every row is empty
         return out.zero_()
 
-    k_bits = k.bits if isinstance(k, CompressedTensor) else None
-    v_bits = v.bits if isinstance(v, CompressedTensor) else None
-    family = Family.ATTN_DECODE if decode else Family.ATTN_PREFILL
-    rotate = k_bits is not None or v_bits is not None
-    spec = VariantSpec(family, head_dim, k_bits, v_bits, group, is_causal, rotate)
-    reduce_config = launch_config(ops.reduce_spec(spec), q.device) if decode else None
-    plan = _Plan(decode, spec, kv_heads, reduce_config)
+    plan = _plan(decode, head_dim, _bits(k), _bits(v), group, is_causal, q.device)
     if signature is not None and all(a is b for a, b in zip((q, k, v), inputs)):
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
@@ -315,21 +349,38 @@ def _codec_tensors(x: KV, name: str) -> dict[str, torch.Tensor]:
     return {f"{name}.norms": x.norms, f"{name}.centroids": x.centroids, f"{name}.rotation": x.rotation}
 
 
+def launch_attention(
+    q: torch.Tensor,
+    k: KV,
+    v: KV,
+    sm_scale: float | None = None,
+    is_causal: bool = False,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`attention` (``schedule="auto"``, no autograd) without its checks.
+
+    For tqgen's own callers whose arguments pass every check of ``attention`` by construction,
+    e.g. the Hugging Face backend reading the compressed buffers of its cache (checked when the
+    cache and the backend were set up): per layer and step this skips even the signature lookup.
+    Arguments that would fail a check give wrong results or a kernel error, not a clear message.
+    Only q's last-dim stride is made unit here (as ``attention`` does).
+    """
+    q = as_last_dim_contiguous(q)
+    n_kv = k.shape[2]
+    if n_kv == 0 or q.shape[2] == 0 or q.shape[0] == 0:
+        return attention(q, k, v, sm_scale, is_causal, attention_mask, out=out)  # the rare empty cases
+    plan = _plan(q.shape[2] <= DECODE_MAX_Q, q.shape[-1], _bits(k), _bits(v), q.shape[1] // _kv_heads(k),
+                 is_causal, q.device)
+    return _launch_unchecked(plan, q, k, v, sm_scale, attention_mask, out, n_kv)
+
+
 # ---------------------------------------------------- seed-compatible names
-def _bits_from_centroids(centroids: torch.Tensor) -> int:
-    check_tensor("centroids", centroids, dtypes=FLOAT_DTYPES)
-    by_levels = {1 << b: b for b in SUPPORTED_BITS}
-    if centroids.numel() not in by_levels:
-        raise ValueError(
-            f"centroids must hold 4, 8 or 16 values (2, 3 or 4-bit codes), got {centroids.numel()}"
-        )
-    return by_levels[centroids.numel()]
-
-
 def _compressed(name: str, packed: torch.Tensor, norms: torch.Tensor, centroids: torch.Tensor,
                 rotation: torch.Tensor, head_dim: int) -> CompressedTensor:
     """A CompressedTensor from seed-style arguments; the width comes from the codebook size."""
-    bits = _bits_from_centroids(centroids)
+    bits = bits_of_codebook("centroids", centroids)
     check_tensor(f"{name}_packed", packed, ndim=4, dtypes=(torch.uint8,))
     width = packed_width(head_dim, bits)
     if packed.shape[-1] != width:

@@ -11,12 +11,50 @@ from __future__ import annotations
 import enum
 import fnmatch
 import itertools
+import numbers
 from dataclasses import dataclass
 from typing import Iterator
 
-SUPPORTED_BITS = (2, 3, 4)
-MIN_HEAD_DIM, MAX_HEAD_DIM = 32, 256
-MAX_GROUP = 16
+# ------------------------------------------------------------------ limits
+# Every head-dim, code-width, GQA-group and schedule rule of tqgen lives here; the entry points
+# (through tqgen.validation), VariantSpec.validate and the math in tqgen.quant all check with it.
+SUPPORTED_BITS = (2, 3, 4)  # code widths of the kernels and the packed layouts
+BITS_FOR_LEVELS = {1 << bits: bits for bits in SUPPORTED_BITS}  # codebook size -> code width
+MIN_HEAD_DIM, MAX_HEAD_DIM = 32, 256  # head dims of the kernels (even)
+MAX_GROUP = 16  # query heads per KV head
+DECODE_MAX_Q = 16  # N_q up to this takes the split-K decode schedule, longer queries prefill
+# The float math in tqgen.quant has wider domains than the kernels: the Lloyd-Max solver also
+# takes 1 bit and any even head_dim >= 4 (checked against Max's Gaussian values at D = 16384),
+# the rotation any even head_dim up to 4096 (a D x D QR on the CPU), the packing any D >= 1.
+CODEBOOK_BITS = (1, *SUPPORTED_BITS)
+CODEBOOK_MIN_HEAD_DIM = 4
+ROTATION_MIN_HEAD_DIM, ROTATION_MAX_HEAD_DIM = 2, 4096
+
+
+def check_head_dim(
+    name: str, head_dim: object, lo: int = MIN_HEAD_DIM, hi: int | None = MAX_HEAD_DIM, *, even: bool = True
+) -> int:
+    """``head_dim`` as an int in ``[lo, hi]`` (``hi=None``: no upper bound), even unless ``even=False``.
+
+    The defaults are the kernels' rule; ``ValueError`` naming ``name`` otherwise (also for floats
+    and bools, which would fail later and less clearly)."""
+    if isinstance(head_dim, bool) or not isinstance(head_dim, numbers.Integral):
+        raise ValueError(f"{name}: head_dim must be an int, got {type(head_dim).__name__} {head_dim!r}")
+    if (even and head_dim % 2) or head_dim < lo or (hi is not None and head_dim > hi):
+        parity = "even and " if even else ""
+        bounds = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name}: head_dim must be {parity}{bounds}, got {head_dim}")
+    return int(head_dim)
+
+
+def check_bits(name: str, bits: object, allowed: tuple[int, ...] = SUPPORTED_BITS) -> int:
+    """An int code width in ``allowed`` (default: the kernels' widths).  ``TypeError`` for 4.0 or
+    True (they fail later, unclearly), ``ValueError`` for an unsupported width."""
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
+        raise TypeError(f"{name}: bits must be an int, one of {allowed}; got {type(bits).__name__} {bits!r}")
+    if bits not in allowed:
+        raise ValueError(f"{name}: bits must be one of {allowed}, got {bits!r}")
+    return int(bits)
 
 
 class Family(str, enum.Enum):
@@ -92,17 +130,14 @@ class VariantSpec:
 
     # -------------------------------------------------------------- validation
     def validate(self) -> "VariantSpec":
-        """Raise ``ValueError`` naming the field for impossible combinations."""
+        """Raise ``ValueError`` naming the field for impossible combinations (``TypeError`` for a
+        code width that is not an int)."""
         f = self.family
-        d = self.head_dim
-        if not isinstance(d, int) or d % 2 or not MIN_HEAD_DIM <= d <= MAX_HEAD_DIM:
-            raise ValueError(
-                f"head_dim must be an even int in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {d!r}"
-            )
+        check_head_dim("head_dim", self.head_dim)
         for name in ("k_bits", "v_bits"):
             bits = getattr(self, name)
-            if bits is not None and bits not in SUPPORTED_BITS:
-                raise ValueError(f"{name} must be one of {SUPPORTED_BITS} or None, got {bits!r}")
+            if bits is not None:
+                check_bits(name, bits)
         if not isinstance(self.group, int) or not 1 <= self.group <= MAX_GROUP:
             raise ValueError(f"group must be an int in [1, {MAX_GROUP}], got {self.group!r}")
         if f.is_attention:
@@ -128,6 +163,12 @@ class VariantSpec:
         if f is Family.SCORES and self.rotate:
             raise ValueError("scores takes a pre-rotated query: rotate must be False")
         return self
+
+
+def reduce_spec(spec: VariantSpec) -> VariantSpec:
+    """The decode_reduce variant that merges a decode variant's splits: it rotates back only
+    compressed V."""
+    return VariantSpec(Family.DECODE_REDUCE, spec.head_dim, rotate=spec.rotate and spec.v_bits is not None)
 
 
 def _kv_tag(k_bits: int | None, v_bits: int | None) -> str:

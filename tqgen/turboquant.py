@@ -3,8 +3,10 @@
 A mode is (head_dim, bits, seed).  It fixes the rotation Pi and the Lloyd-Max
 codebook, so one object serves every layer (vLLM style): ``compress`` writes new
 tokens into a preallocated ``CompressedTensor`` in one kernel launch and
-``decompress`` reads them back.  ``tq4_compress`` / ``tq4_decompress`` are the
-seed-named 4-bit wrappers (``turboquant_vllm.triton``).
+``decompress`` reads them back.  ``compress_into`` / ``decompress_into`` do the same on
+bare buffers, and ``tq4_compress`` / ``tq4_decompress`` are the seed-named 4-bit wrappers
+(``turboquant_vllm.triton``).  The checks live here; :mod:`tqgen.ops.compress` and
+:mod:`tqgen.ops.decompress` only launch.
 """
 
 from __future__ import annotations
@@ -15,12 +17,23 @@ from dataclasses import dataclass
 import torch
 
 from tqgen.compressed import CompressedTensor
-from tqgen.ops.compress import compress_into
-from tqgen.ops.decompress import decompress_into
+from tqgen.ops import compress as compress_ops
+from tqgen.ops import decompress as decompress_ops
 from tqgen.quant.codebook import Codebook, lloyd_max_codebook
 from tqgen.quant.packing import packed_width
 from tqgen.quant.rotation import rotation_matrix
-from tqgen.validation import FLOAT_DTYPES, check_bits, check_head_dim, check_tensor
+from tqgen.spec import Family, VariantSpec
+from tqgen.tuning import launch_config
+from tqgen.validation import (
+    FLOAT_DTYPES,
+    check_bits,
+    check_head_dim,
+    check_norms,
+    check_same_device,
+    check_shape,
+    check_tensor,
+    check_vectors,
+)
 
 Device = torch.device | str | None
 
@@ -30,8 +43,8 @@ class TurboQuant:
     """One TurboQuant quantisation mode.
 
     Attributes:
-        head_dim: D, even, in [32, 256].
-        bits: code width, 2, 3 or 4.
+        head_dim: D, even, in [32, 256] (``tqgen.spec.check_head_dim``).
+        bits: code width, 2, 3 or 4 (``tqgen.spec.SUPPORTED_BITS``).
         seed: seed of the rotation (42 = turboquant_vllm's, so caches are interchangeable).
 
     The rotation and the codebook are built once and cached per device; never
@@ -43,8 +56,6 @@ class TurboQuant:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        if isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int):
-            raise ValueError(f"head_dim must be an int, got {self.head_dim!r}")
         check_head_dim("head_dim", self.head_dim)
         check_bits("bits", self.bits)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -161,6 +172,98 @@ class TurboQuant:
         return CompressedTensor(packed, norms, ct.bits, ct.head_dim, ct.centroids, ct.rotation, ct.offset)
 
 
+# --------------------------------------------------- checked buffer-level entry points
+def compress_into(
+    x: torch.Tensor,
+    rotation: torch.Tensor,
+    boundaries: torch.Tensor,
+    packed: torch.Tensor,
+    norms: torch.Tensor,
+    *,
+    bits: int,
+    start: int = 0,
+) -> None:
+    """Compress ``x`` [B, H, N, D] into ``packed``/``norms`` at token positions [start, start + N).
+
+    ``packed`` is uint8 [B, H, capacity, packed_width(D, bits)] and ``norms`` fp32
+    [B, H, capacity] (or [..., 1]); both may be strided views (e.g. one layer of
+    a larger cache) as long as the packed bytes of a token are contiguous.  The
+    rest of the buffers is left untouched.  One kernel launch.
+    """
+    check_bits("bits", bits)
+    x = check_vectors("x", x)
+    batch, heads, n_tokens, head_dim = x.shape
+    check_tensor("rotation", rotation, ndim=2, dtypes=FLOAT_DTYPES)
+    check_shape("rotation", rotation, (head_dim, head_dim), "[D, D]")
+    levels = 1 << bits
+    check_tensor("boundaries", boundaries, ndim=1, dtypes=FLOAT_DTYPES)
+    check_shape("boundaries", boundaries, (levels - 1,), "[2**bits - 1]")
+    check_tensor("packed", packed, ndim=4, dtypes=(torch.uint8,))
+    width = packed_width(head_dim, bits)
+    check_shape("packed", packed, (batch, heads, None, width), f"[B, H, capacity, packed_width(D={head_dim}, bits={bits})]")
+    norms = check_norms("norms", norms, tuple(packed.shape[:3]))
+    if packed.stride(-1) != 1:
+        raise ValueError(f"packed must be contiguous in its last dim (the bytes of one token), got strides {packed.stride()}")
+    capacity = packed.shape[2]
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"start must be an int >= 0, got {start!r}")
+    if start + n_tokens > capacity:
+        raise ValueError(
+            f"start + N = {start} + {n_tokens} = {start + n_tokens} exceeds the buffer capacity {capacity} "
+            "(packed.shape[2]); grow the buffer first"
+        )
+    device = check_same_device(x=x, rotation=rotation, boundaries=boundaries, packed=packed, norms=norms)
+    if n_tokens == 0 or batch * heads == 0:
+        return
+    spec = VariantSpec(Family.COMPRESS, head_dim, bits, rotate=True)
+    compress_ops.compress(spec, launch_config(spec, device), x, rotation, boundaries, packed, norms, start)
+
+
+def decompress_into(
+    packed: torch.Tensor,
+    norms: torch.Tensor,
+    centroids: torch.Tensor,
+    rotation: torch.Tensor | None,
+    out: torch.Tensor,
+    *,
+    bits: int,
+    rotated: bool = False,
+) -> torch.Tensor:
+    """Decode ``packed`` [B, H, N, W] uint8 + ``norms`` [B, H, N] fp32 into ``out`` [B, H, N, D].
+
+    ``rotated=True`` writes the rotated-space vectors n * c[idx] (no ``rotation``
+    needed); ``rotated=False`` un-rotates them to the original space with
+    ``rotation`` (Pi, [D, D]).  ``out`` is fp16, bf16 or fp32 with a contiguous
+    last dim and sets the output dtype.  One kernel launch; returns ``out``.
+    """
+    check_bits("bits", bits)
+    check_tensor("out", out, ndim=4, dtypes=FLOAT_DTYPES)
+    head_dim = check_head_dim("out", out.shape[-1])
+    check_tensor("packed", packed, ndim=4, dtypes=(torch.uint8,))
+    batch, heads, n_tokens, _ = out.shape
+    width = packed_width(head_dim, bits)
+    check_shape("packed", packed, (batch, heads, n_tokens, width), f"[B, H, N, packed_width(D={head_dim}, bits={bits})]")
+    norms = check_norms("norms", norms, (batch, heads, n_tokens))
+    check_tensor("centroids", centroids, ndim=1, dtypes=FLOAT_DTYPES)
+    check_shape("centroids", centroids, (1 << bits,), "[2**bits]")
+    if not rotated:
+        if rotation is None:
+            raise ValueError("rotation is required to decompress to the original space (rotated=False)")
+        check_tensor("rotation", rotation, ndim=2, dtypes=FLOAT_DTYPES)
+        check_shape("rotation", rotation, (head_dim, head_dim), "[D, D]")
+    else:
+        rotation = None
+    for name, tensor in (("packed", packed), ("out", out)):
+        if tensor.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dim, got strides {tensor.stride()}")
+    device = check_same_device(packed=packed, norms=norms, centroids=centroids, rotation=rotation, out=out)
+    if out.numel() == 0:
+        return out
+    spec = VariantSpec(Family.DECOMPRESS, head_dim, bits, rotate=not rotated)
+    return decompress_ops.decompress(spec, launch_config(spec, device), packed, norms, centroids, rotation, out)
+
+
+# ------------------------------------------------------------ seed-named 4-bit wrappers
 @functools.lru_cache(maxsize=None)
 def _tq4(head_dim: int) -> TurboQuant:
     return TurboQuant(head_dim, 4)

@@ -7,13 +7,18 @@ kernel as a Triton compile error or a silent wrong answer.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterable
 
 import torch
 
-from tqgen.spec import MAX_HEAD_DIM, MIN_HEAD_DIM, SUPPORTED_BITS
+from tqgen.spec import BITS_FOR_LEVELS, MAX_GROUP, check_bits, check_head_dim
 from tqgen.tuning.arch import interpreting
+
+__all__ = [  # the head-dim and width rules are tqgen.spec's, re-exported for the entry points
+    "FLOAT_DTYPES", "as_last_dim_contiguous", "bits_of_codebook", "check_batch_indices", "check_bits",
+    "check_gqa_group", "check_head_dim", "check_norms", "check_same_device", "check_shape", "check_tensor",
+    "check_vectors", "forward_only", "wants_grad",
+]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -41,19 +46,38 @@ def check_tensor(
     return t
 
 
-def check_head_dim(name: str, head_dim: int) -> int:
-    if head_dim % 2 or not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"{name}: head_dim must be even and in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {head_dim}")
-    return head_dim
+def check_vectors(name: str, t: object, dtypes: Iterable[torch.dtype] = FLOAT_DTYPES) -> torch.Tensor:
+    """``t`` is ``[B, H, N, D]`` vectors of one of ``dtypes`` with a head_dim the kernels take;
+    returned with a unit last-dim stride (see :func:`as_last_dim_contiguous`)."""
+    check_tensor(name, t, ndim=4, dtypes=dtypes)
+    check_head_dim(name, t.shape[-1])
+    return as_last_dim_contiguous(t)
 
 
-def check_bits(name: str, bits: int) -> int:
-    """An int code width in SUPPORTED_BITS (4.0 or True are refused: they fail later, unclearly)."""
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
-        raise TypeError(f"{name}: bits must be an int, one of {SUPPORTED_BITS}; got {type(bits).__name__} {bits!r}")
-    if bits not in SUPPORTED_BITS:
-        raise ValueError(f"{name}: bits must be one of {SUPPORTED_BITS}, got {bits!r}")
-    return int(bits)
+def check_gqa_group(q_heads: int, kv_heads: int, q_name: str = "q heads", kv_name: str = "k/v heads") -> int:
+    """The GQA group ``q_heads // kv_heads``: a whole number of query heads per KV head, at most MAX_GROUP."""
+    if kv_heads < 1 or q_heads % kv_heads:
+        raise ValueError(f"{q_name} ({q_heads}) must be a multiple of {kv_name} ({kv_heads})")
+    group = q_heads // kv_heads
+    if group > MAX_GROUP:
+        raise ValueError(f"{q_name} / {kv_name} = {group}: GQA groups of at most {MAX_GROUP} are supported")
+    return group
+
+
+def bits_of_codebook(name: str, centroids: object) -> int:
+    """The code width a float codebook of ``2**bits`` centroids stands for (the seed API passes only
+    the codebook)."""
+    check_tensor(name, centroids, dtypes=FLOAT_DTYPES)
+    bits = BITS_FOR_LEVELS.get(centroids.numel())
+    if bits is None:
+        sizes, widths = _either(sorted(BITS_FOR_LEVELS)), _either(sorted(BITS_FOR_LEVELS.values()))
+        raise ValueError(f"{name} must hold {sizes} values ({widths}-bit codes), got {centroids.numel()}")
+    return bits
+
+
+def _either(values: list[int]) -> str:
+    """``[4, 8, 16]`` -> ``"4, 8 or 16"``."""
+    return " or ".join(filter(None, (", ".join(map(str, values[:-1])), str(values[-1]))))
 
 
 def check_same_device(**tensors: torch.Tensor) -> torch.device:
@@ -83,8 +107,9 @@ def check_shape(name: str, t: torch.Tensor, expected: tuple[int | None, ...], me
         raise ValueError(f"{name} must have shape {meaning} = {want}, got {tuple(t.shape)}")
 
 
-def check_last_dim_contiguous(name: str, t: torch.Tensor) -> torch.Tensor:
-    """Kernels take any strides except along the last dim; copy only if that one is strided."""
+def as_last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a contiguous copy of it when its last dim is strided: the kernels take any strides
+    but that one."""
     return t if t.stride(-1) == 1 else t.contiguous()
 
 

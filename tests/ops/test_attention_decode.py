@@ -1,7 +1,7 @@
 """The split-K decode kernels (+ decode_reduce) against the float64 reference.
 
 Under the interpreter the SM count is 2, so a KV head is split at most 4 ways here;
-``test_split_plan`` checks the policy itself with real SM counts.
+``tests/tuning/test_splits.py`` checks the policy itself with real SM counts.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from attention_inputs import make_problem, problem_for, random_length
-from tqgen.ops import attention as ops
+from tqgen.ops import attention as attention_ops
 from tqgen.spec import Family, VariantSpec, default_matrix
 from tqgen.testing import assert_close
 
@@ -96,10 +96,10 @@ def test_workspace_is_reused(device: str) -> None:
     """Repeated steps (growing N_kv) reuse the cached workspace: nothing new is allocated."""
     problem = make_problem(n_q=1, n_kv=100, head_dim=32, group=2, k_bits=4, v_bits=4, device=device)
     problem.run(schedule="decode")
-    before = dict(ops._WORKSPACE)
+    before = dict(attention_ops._WORKSPACE)
     problem.run(schedule="decode")
-    assert ops._WORKSPACE.keys() == before.keys()
-    assert all(ops._WORKSPACE[k] is before[k] for k in before)
+    assert attention_ops._WORKSPACE.keys() == before.keys()
+    assert all(attention_ops._WORKSPACE[k] is before[k] for k in before)
 
 
 def test_workspace_is_bounded(device: str) -> None:
@@ -109,11 +109,11 @@ def test_workspace_is_bounded(device: str) -> None:
         for n_q in (1, 2, 5):
             problem = make_problem(batch=batch, n_q=n_q, n_kv=64, head_dim=32, group=2, k_bits=4, v_bits=4, device=device)
             problem.check(schedule="decode", name=f"batch {batch} n_q {n_q}")
-    buffers = [b for k, b in ops._WORKSPACE.items() if k[0].type == torch.device(device).type]
+    buffers = [b for k, b in attention_ops._WORKSPACE.items() if k[0].type == torch.device(device).type]
     assert len(buffers) == 1
-    assert sum(b.numel() for b in ops._RETIRED) < buffers[0].numel()
-    ops.release_workspaces()
-    assert not ops._RETIRED
+    assert sum(b.numel() for b in attention_ops._RETIRED) < buffers[0].numel()
+    attention_ops.release_workspaces()
+    assert not attention_ops._RETIRED
 
 
 @pytest.mark.gpu
@@ -134,21 +134,6 @@ def test_two_streams_decode_concurrently(device: str) -> None:
     torch.cuda.synchronize()
     for i, out in enumerate(outs):
         assert torch.equal(out, alone[i % 2]), f"stream {i % 2} differs from its result alone"
-
-
-@pytest.mark.parametrize("batch_heads,n_kv,sms", [(8, 131072, 132), (64, 32768, 132), (256, 8192, 132),
-                                                  (8, 4096, 132), (1, 100, 2), (8, 1, 132), (3, 1000, 108)])
-def test_split_plan(batch_heads: int, n_kv: int, sms: int) -> None:
-    """Splits fill ~2 waves of SMs, each at least SPLIT_MIN_TOKENS keys, covering N_kv exactly once."""
-    block_n, min_tokens = 64, 128
-    plan = ops.split_plan(batch_heads, n_kv, block_n, min_tokens, sms)
-    assert plan.kv_per_split % block_n == 0
-    assert 1 <= plan.num_splits <= plan.capacity == ops.max_splits(batch_heads, sms)
-    assert (plan.num_splits - 1) * plan.kv_per_split < n_kv <= plan.num_splits * plan.kv_per_split
-    assert plan.num_splits == 1 or plan.kv_per_split >= min_tokens
-    assert batch_heads * plan.num_splits <= max(batch_heads, ops.WAVES * sms + batch_heads)
-    if n_kv >= min_tokens * plan.capacity:  # long enough to fill the machine
-        assert batch_heads * plan.num_splits >= ops.WAVES * sms or plan.num_splits == plan.capacity
 
 
 # ------------------------------------------------------------------ GPU only

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from attention_inputs import make_problem, problem_for, random_length
-from tqgen.ops import attention as ops
+from tqgen.ops import attention as attention_ops
 from tqgen.quant import rotation_matrix
-from tqgen.spec import Family, VariantSpec, default_matrix
+from tqgen.spec import Family, VariantSpec, default_matrix, reduce_spec
 from tqgen.testing import assert_close, poison_
 from tqgen.tuning import config_for
 
@@ -130,9 +130,10 @@ def test_unrotated_variant(family: Family, device: str) -> None:
     out = poison_(torch.empty_like(problem.q))
     config = config_for(spec, "cpu")
     if family is Family.ATTN_PREFILL:
-        ops.prefill(spec, config, q_rot, problem.k, problem.v, out, 80**-0.5)
+        attention_ops.prefill(spec, config, q_rot, problem.k, problem.v, out, 80**-0.5)
     else:
-        ops.decode(spec, config, config_for(ops.reduce_spec(spec), "cpu"), q_rot, problem.k, problem.v, out, 80**-0.5)
+        reduce = reduce_spec(spec)
+        attention_ops.decode(spec, config, reduce, config_for(reduce, "cpu"), q_rot, problem.k, problem.v, out, 80**-0.5)
     assert_close((out.double() @ pi.double()), problem.reference(causal=True), torch.float16, f"seed={problem.seed}")
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tqgen.ops.compress import compress_into
 from tqgen.quant import lloyd_max_codebook, pack, packed_width, reference, rotation_matrix, unpack
+from tqgen.turboquant import compress_into
 
 HEAD_DIMS = (32, 64, 80, 96, 128, 256)
 NEAR_TIE = 1e-5  # |y - boundary| below which fp32 rounding may pick either cell

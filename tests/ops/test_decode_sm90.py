@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from attention_inputs import make_problem, random_length
-from tqgen.ops import attention as ops
+from tqgen.ops import attention as attention_ops
 from tqgen.ops import decode_sm90
 from tqgen.spec import Family, VariantSpec
+from tqgen.tuning import splits
 
 SPEC = VariantSpec(Family.ATTN_DECODE, 128, 4, 4, 4, False, True)
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
@@ -29,10 +30,10 @@ def test_never_taken_off_hopper() -> None:
 
 
 def test_split_capacity_covers_both_policies() -> None:
-    config = {"SPLIT_WAVES": 2}
+    config = splits.DEFAULT.config()
     for bh in (1, 8, 64, 256):
-        cap = ops.split_capacity(SPEC, config, torch.device("cpu"), bh)
-        assert cap == ops.max_splits(bh, ops.sm_count(torch.device("cpu")), 2)  # the CPU never takes sm_90
+        cap = attention_ops.split_capacity(SPEC, config, torch.device("cpu"), bh)
+        assert cap == splits.max_splits(bh, attention_ops.sm_count(torch.device("cpu")), 2)  # the CPU never takes sm_90
 
 
 gpu = pytest.mark.skipif(not HOPPER, reason="the Gluon kernel needs an H100/H200")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tqgen.ops.decompress import decompress_into
 from tqgen.quant import lloyd_max_codebook, reference, rotation_matrix
 from tqgen.testing import assert_close, poison_
+from tqgen.turboquant import decompress_into
 
 HEAD_DIMS = (32, 64, 80, 96, 128, 256)
 

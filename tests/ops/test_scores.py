@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tqgen.ops.scores import fused_qk_scores
 from tqgen.quant import lloyd_max_codebook, reference
+from tqgen.scores import fused_qk_scores
 from tqgen.testing import assert_close, poison_
 
 KV_HEADS = 2
@@ -82,13 +82,13 @@ def _args(device):
 @pytest.mark.parametrize(
     "change, match",
     [
-        (dict(centroids=torch.zeros(10)), "centroids must have 2\\*\\*bits entries"),
+        (dict(centroids=torch.zeros(10)), "centroids must hold 4, 8 or 16 values"),
         (dict(centroids=torch.zeros(8)), "packed_indices has 32 bytes per key but 3-bit codes"),
         (dict(n_q_heads=6), r"q_rotated has 4 heads \(dim 1\) but n_q_heads=6"),
-        (dict(n_kv_heads=3), "n_q_heads=4 must be a multiple of n_kv_heads=3"),
+        (dict(n_kv_heads=3), r"n_q_heads \(4\) must be a multiple of n_kv_heads \(3\)"),
         (dict(n_kv_heads=1), r"packed_indices must have shape"),
         (dict(n_kv_heads=0), "n_kv_heads must be a positive int"),
-        (dict(q_rotated=torch.randn(1, 34, 3, 64), n_q_heads=34), "exceeds the supported 16"),
+        (dict(q_rotated=torch.randn(1, 34, 3, 64), n_q_heads=34), "GQA groups of at most 16"),
         (dict(q_rotated=torch.randn(1, 4, 3, 63)), "head_dim must be even"),
         (dict(q_rotated=torch.randn(4, 3, 64)), "q_rotated must have 4 dimensions"),
         (dict(q_rotated=torch.randn(1, 4, 3, 64, dtype=torch.float64)), "q_rotated must have dtype"),

@@ -1,13 +1,16 @@
-"""Thin launchers of the generated kernels.
+"""Thin launchers of the generated kernels, one op per module.
 
-Each module validates its inputs (clear errors naming the argument), picks the
-variant and its launch config (``tqgen.tuning``), and launches one kernel.  They
-allocate only the outputs the caller did not pass and never poison them.
+One contract for every launcher: it takes the variant (``VariantSpec``), its launch config and
+tensors its caller has already checked, builds the kernel arguments and the grid, and launches.
+The checks (clear errors naming the argument) and the config lookups live in the public entry
+points, built from :mod:`tqgen.validation`: :mod:`tqgen.attention`, :mod:`tqgen.turboquant`,
+:mod:`tqgen.scores`, and the custom operators of :mod:`tqgen.ops.library`.  Launchers allocate
+nothing but cached derived values and the decode workspace, and never poison outputs.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -35,30 +38,25 @@ def stream_id(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
-_DERIVED: "OrderedDict[tuple[Any, ...], tuple[torch.Tensor, int, Any]]" = OrderedDict()
-_DERIVED_MAX = 1024
+_DERIVED: dict[tuple[str, int, Any], tuple[weakref.ref, int, Any]] = {}
 
 
 def derived(kind: str, t: torch.Tensor, extra: Any, make: Callable[[], Any]) -> Any:
-    """``make()``, cached per (``kind``, the memory ``t`` views, ``extra``) and ``t``'s version.
+    """``make()``, cached per (``kind``, tensor, ``extra``) and the tensor's version.
 
     Codebooks and rotations are tiny and reused every call; deriving from them once (a dtype
     conversion, lookup tables, a permuted copy) keeps the hot path free of allocations, so a
-    captured CUDA graph stays valid.  The key is the viewed memory (address, dtype, shape,
-    strides), not the Python object: torch.compile hands custom ops fresh views of the same
-    buffers on every call.  Each entry holds its source tensor, so that memory cannot be
-    freed and reused by another tensor while the entry lives (least recently used entries go
-    past ``_DERIVED_MAX``).  Values are made outside inference mode, so calls in and out of it
-    can share them.
+    captured CUDA graph stays valid.  Values are made outside inference mode, so calls in and
+    out of it can share them.
     """
-    key = (kind, t.device, t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride()), extra)
+    key = (kind, id(t), extra)
     hit = _DERIVED.get(key)
-    if hit is not None and hit[1] == version_of(t):
-        _DERIVED.move_to_end(key)
+    if hit is not None and hit[0]() is t and hit[1] == version_of(t):
         return hit[2]
+    if len(_DERIVED) > 256:  # forget tensors that are gone
+        for stale in [k for k, (ref, _, _) in _DERIVED.items() if ref() is None]:
+            del _DERIVED[stale]
     with torch.inference_mode(False):
         value = make()
-    _DERIVED[key] = (t, version_of(t), value)
-    if len(_DERIVED) > _DERIVED_MAX:
-        _DERIVED.popitem(last=False)
+    _DERIVED[key] = (weakref.ref(t), version_of(t), value)
     return value

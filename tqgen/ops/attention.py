@@ -1,17 +1,15 @@
 """Launchers for the generated attention kernels: prefill, split-K decode and its reduce.
 
-Thin on purpose: they take inputs already checked by :mod:`tqgen.attention`, pass
-strides (any layout with a unit last-dim stride is read in place), pick the grid and,
-for decode, the number of splits.  The split count is a runtime integer, so one
-compiled kernel serves every KV length; nothing here benchmarks, syncs with the
-device or allocates besides a cached decode workspace (CUDA-graph capturable).
+Thin on purpose: they take the variant, its launch config and inputs already checked by
+:mod:`tqgen.attention`, pass strides (any layout with a unit last-dim stride is read in
+place), pick the grid and, for decode, the splits (``tqgen.tuning.splits``).  Nothing here
+checks arguments, benchmarks, syncs with the device or allocates besides a cached decode
+workspace (CUDA-graph capturable).
 """
 
 from __future__ import annotations
 
 import functools
-import math
-from dataclasses import dataclass
 from typing import Any, Union
 
 import torch
@@ -21,12 +19,12 @@ from tqgen.ops.launch import kernel  # the generated kernel, launched without Tr
 from tqgen.compressed import CompressedTensor
 from tqgen.ops import cdiv, decode_sm90, derived, stream_id
 from tqgen.spec import Family, VariantSpec
+from tqgen.tuning import splits
 from tqgen.tuning.arch import ARCH_LIMITS
 
 KV = Union[torch.Tensor, CompressedTensor]
 
 LOG2E = 1.4426950408889634
-WAVES = 2  # default SPLIT_WAVES: split until batch x kv_heads x splits covers this many waves of SMs
 REDUCE_ROWS = 16  # rows per decode_reduce program (tl.dot needs >= 16)
 
 
@@ -107,37 +105,15 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def max_splits(batch_heads: int, sms: int, waves: int = WAVES) -> int:
-    """The most splits the policy ever picks for ``batch_heads`` programs per split."""
-    return max(1, math.ceil(waves * sms / batch_heads))
-
-
 def split_capacity(spec: VariantSpec, config: dict[str, int], device: torch.device, batch_heads: int) -> int:
     """Workspace slots per row that any decode call of ``spec`` with ``config`` may use.
 
-    The Hopper kernel (``decode_sm90``) has its own split policy, so a variant it may take
-    gets room for both: one capacity serves every call, whichever path it takes."""
-    waves = config.get("SPLIT_WAVES", WAVES)
+    A variant the Hopper kernel (``decode_sm90``) may take gets room for its policy too: one
+    capacity serves every call, whichever path it takes."""
+    policies = [splits.policy_of(config)]
     if decode_sm90.may_support(spec, device):
-        waves = max(waves, decode_sm90.SPLIT_WAVES)
-    return max_splits(batch_heads, sm_count(device), waves)
-
-
-@dataclass(frozen=True)
-class SplitPlan:
-    num_splits: int
-    kv_per_split: int  # a multiple of BLOCK_N
-    capacity: int  # workspace slots per row (>= num_splits, independent of N_kv)
-
-
-def split_plan(batch_heads: int, n_kv: int, block_n: int, min_tokens: int, sms: int, waves: int = WAVES) -> SplitPlan:
-    """Split the KV sequence only until batch x kv_heads x splits fills ~``waves`` waves of SMs,
-    and never into pieces shorter than ``min_tokens`` keys (rounded up to BLOCK_N)."""
-    capacity = max_splits(batch_heads, sms, waves)
-    min_chunk = cdiv(max(min_tokens, 1), block_n) * block_n
-    splits = max(1, min(capacity, n_kv // min_chunk))
-    per_split = cdiv(cdiv(max(n_kv, 1), splits), block_n) * block_n
-    return SplitPlan(cdiv(max(n_kv, 1), per_split), per_split, capacity)
+        policies.append(splits.HOPPER)
+    return splits.capacity(batch_heads, sm_count(device), *policies)
 
 
 # One flat fp32 buffer per (device, stream), grown geometrically, so the cache is bounded and two
@@ -185,6 +161,7 @@ def decode_block_m(n_q: int, group: int) -> int:
 def decode(
     spec: VariantSpec,
     config: dict[str, int],
+    reduce: VariantSpec,
     reduce_config: dict[str, int],
     q: torch.Tensor,
     k: KV,
@@ -194,7 +171,8 @@ def decode(
     mask: torch.Tensor | None = None,
     parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Split-K decode: grid (splits, B * H_kv) writes partials, then decode_reduce merges them.
+    """Split-K decode: grid (splits, B * H_kv) writes partials, then ``reduce`` (the decode_reduce
+    variant of ``spec``, :func:`tqgen.spec.reduce_spec`) merges them.
 
     ``parts``: caller-owned (acc, m, l) partials of at least the cached workspace's sizes (a static
     cache passes its own so that captured graphs depend on no process-wide buffer)."""
@@ -203,11 +181,10 @@ def decode(
     kv_heads, n_kv = k.shape[1], k.shape[2]
     hopper = decode_sm90.supports(spec, q, k, v, mask)
     if hopper:
-        block_n, min_tokens, waves = decode_sm90.BLOCK_N, decode_sm90.SPLIT_MIN_TOKENS, decode_sm90.SPLIT_WAVES
+        block_n, policy = decode_sm90.BLOCK_N, splits.HOPPER
     else:
-        block_n, min_tokens = config["BLOCK_N"], config["SPLIT_MIN_TOKENS"]
-        waves = config.get("SPLIT_WAVES", WAVES)  # tune caches written before the key existed lack it
-    plan = split_plan(batch * kv_heads, n_kv, block_n, min_tokens, sm_count(q.device), waves)
+        block_n, policy = config["BLOCK_N"], splits.policy_of(config)
+    plan = splits.split_plan(batch * kv_heads, n_kv, block_n, policy, sm_count(q.device))
     rows = batch * q_heads * n_q
     part_acc, part_m, part_l = parts if parts is not None else workspace(q.device, rows, head_dim, plan.capacity)
     pi = rotation_of(k, v)
@@ -229,7 +206,6 @@ def decode(
             BLOCK_M=decode_block_m(n_q, spec.group), BLOCK_N=block_n,
             num_warps=config["num_warps"], num_stages=config["num_stages"],
         )  # fmt: skip
-    reduce = reduce_spec(spec)
     kernel(reduce)[(cdiv(rows, REDUCE_ROWS),)](
         part_acc, part_m, part_l, plan.capacity, plan.num_splits,
         out, *out.stride(),
@@ -239,8 +215,3 @@ def decode(
         num_warps=reduce_config["num_warps"], num_stages=reduce_config["num_stages"],
     )  # fmt: skip
     return out
-
-
-def reduce_spec(spec: VariantSpec) -> VariantSpec:
-    """The decode_reduce variant for a decode variant: it rotates back only compressed V."""
-    return VariantSpec(Family.DECODE_REDUCE, spec.head_dim, rotate=spec.rotate and spec.v_bits is not None)

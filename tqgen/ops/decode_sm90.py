@@ -32,9 +32,7 @@ STAGES = 4
 # for M = 8 without spills; with a mask, 96 makes ptxas rematerialise constants (592 instructions
 # per tile instead of 534 at 104).
 MAXNREG = {(8, False): 96, (8, True): 104, (16, False): None, (16, True): None}
-# Split policy of this kernel (programs per SM, keys per split), chosen on an H200: see README.
-SPLIT_WAVES = 8
-SPLIT_MIN_TOKENS = 256
+# Its split policy is tqgen.tuning.splits.HOPPER (the decode launcher picks it).
 V_SCALE = {torch.float16: 2.0**-4, torch.bfloat16: 1.0}
 MAX_ROWS = 16  # query rows per KV head: the wgmma N dimension (8 or 16)
 

@@ -17,8 +17,9 @@ shapes, so CUDA-graph replays reuse the same memory), never syncs with the devic
 no Python-side state a replay would miss.  The fake (meta) implementations give
 ``torch.compile`` the output shapes without running a kernel.
 
-The ops check only what the kernels cannot survive (workspace size, operand kinds); callers
-that need argument-level errors use :func:`tqgen.attention` instead.
+The ops check only what the kernels cannot survive (workspace size, operand kinds, code
+widths); callers that need argument-level errors use :func:`tqgen.attention.attention` and
+:class:`tqgen.turboquant.TurboQuant` instead.
 """
 
 import math
@@ -27,13 +28,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from tqgen.attention import DECODE_MAX_Q
 from tqgen.compressed import CompressedTensor
-from tqgen.ops import attention as ops
-from tqgen.ops.compress import compress_into
+from tqgen.ops import attention as attention_ops
+from tqgen.ops import compress as compress_ops
 from tqgen.quant.packing import packed_width
-from tqgen.spec import SUPPORTED_BITS, Family, VariantSpec
+from tqgen.spec import DECODE_MAX_Q, SUPPORTED_BITS, Family, VariantSpec, check_bits, reduce_spec
 from tqgen.tuning import launch_config, shape_bucket
+from tqgen.validation import as_last_dim_contiguous
 
 __all__ = ["compress", "decode_attention", "decode_workspace_numel", "prefill_attention"]
 
@@ -68,7 +69,7 @@ def _expand_mask(mask: Optional[Tensor], q: Tensor, n_kv: int) -> Optional[Tenso
 
 def _split_capacity(spec: VariantSpec, config: dict[str, int], device: torch.device, batch_heads: int) -> int:
     """Workspace slots per row the decode launcher's split plans use (independent of N_kv)."""
-    return ops.split_capacity(spec, config, device, batch_heads)
+    return attention_ops.split_capacity(spec, config, device, batch_heads)
 
 
 def decode_workspace_numel(batch: int, q_heads: int, kv_heads: int, n_q: int, head_dim: int, n_kv: int,
@@ -113,8 +114,9 @@ def decode_attention(
     acc_end = rows * capacity * head_dim
     parts = (workspace[:acc_end], workspace[acc_end:acc_end + rows * capacity],
              workspace[acc_end + rows * capacity:need])
-    reduce_config = launch_config(ops.reduce_spec(spec), q.device)
-    ops.decode(spec, config, reduce_config, q, kk, vv, out, float(sm_scale), _expand_mask(mask, q, n_kv), parts)
+    reduce = reduce_spec(spec)
+    attention_ops.decode(spec, config, reduce, launch_config(reduce, q.device), q, kk, vv, out, float(sm_scale),
+                         _expand_mask(mask, q, n_kv), parts)
     return out
 
 
@@ -143,7 +145,7 @@ def prefill_attention(
     vv = _operand("v", v, v_norms, v_centroids, v_bits, rotation, q.dtype, head_dim)
     spec = _spec(Family.ATTN_PREFILL, q, k_bits, v_bits, kv_heads, is_causal)
     config = launch_config(spec, q.device, shape_bucket(spec, n_q, n_kv, q.shape[0] * kv_heads))
-    return ops.prefill(spec, config, q, kk, vv, out, float(sm_scale), _expand_mask(mask, q, n_kv))
+    return attention_ops.prefill(spec, config, q, kk, vv, out, float(sm_scale), _expand_mask(mask, q, n_kv))
 
 
 @prefill_attention.register_fake
@@ -155,11 +157,17 @@ def _prefill_attention_fake(q, k, k_norms, k_centroids, k_bits, v, v_norms, v_ce
 # ----------------------------------------------------------------- compress
 @torch.library.custom_op("tqgen::compress", mutates_args=())
 def compress(x: Tensor, rotation: Tensor, boundaries: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """Codes uint8 ``[B, H, N, W]`` and fp32 norms ``[B, H, N]`` of x ``[B, H, N, D]`` (one launch)."""
+    """Codes uint8 ``[B, H, N, W]`` and fp32 norms ``[B, H, N]`` of x ``[B, H, N, D]`` (one launch).
+
+    Rotation ``[D, D]`` and boundaries ``[2**bits - 1]`` are those of a
+    :class:`~tqgen.turboquant.TurboQuant` mode of width ``bits``."""
+    x = as_last_dim_contiguous(x)
     batch, heads, n, head_dim = x.shape
+    spec = VariantSpec(Family.COMPRESS, head_dim, check_bits("bits", bits), rotate=True)
     packed = torch.zeros((batch, heads, n, packed_width(head_dim, bits)), dtype=torch.uint8, device=x.device)
     norms = torch.zeros((batch, heads, n), dtype=torch.float32, device=x.device)
-    compress_into(x, rotation, boundaries, packed, norms, bits=bits, start=0)
+    if packed.numel():
+        compress_ops.compress(spec, launch_config(spec, x.device), x, rotation, boundaries, packed, norms, 0)
     return packed, norms
 
 

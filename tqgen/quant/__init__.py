@@ -1,7 +1,9 @@
 """TurboQuant building blocks: rotation, Lloyd-Max codebooks, bit packing and a PyTorch reference."""
 
+from tqgen.spec import SUPPORTED_BITS
+
 from .codebook import Codebook, lloyd_max_codebook
-from .packing import SUPPORTED_BITS, pack, packed_width, plane_width, planes, unpack
+from .packing import pack, packed_width, plane_width, planes, unpack
 from .reference import compress, decompress, reference_attention
 from .rotation import rotation_matrix
 

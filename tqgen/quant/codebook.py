@@ -20,17 +20,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-SUPPORTED_CODEBOOK_BITS = (1, 2, 3, 4)
+from tqgen.spec import CODEBOOK_BITS, CODEBOOK_MIN_HEAD_DIM, check_bits, check_head_dim
+
 _GRID_POINTS = 1 << 18  # intervals of the trapezoid grid on [-1, 1]
 _MAX_ITERATIONS = 10_000
 _TOLERANCE = 1e-12
 
 
 def _check_args(head_dim: int, bits: int) -> None:
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 4 or head_dim % 2:
-        raise ValueError(f"head_dim must be an even int >= 4, got {head_dim!r}")
-    if bits not in SUPPORTED_CODEBOOK_BITS:
-        raise ValueError(f"bits must be one of {SUPPORTED_CODEBOOK_BITS}, got {bits!r}")
+    check_head_dim("lloyd_max_codebook", head_dim, CODEBOOK_MIN_HEAD_DIM, None)
+    check_bits("lloyd_max_codebook", bits, CODEBOOK_BITS)
 
 
 class _SphereMarginal:

@@ -16,23 +16,19 @@ from __future__ import annotations
 
 import torch
 
-SUPPORTED_BITS = (2, 3, 4)
+from tqgen.spec import check_bits, check_head_dim
+
 _PLANES = {2: 4, 3: 8, 4: 2}
 
 
-def _check_bits(bits: int) -> None:
-    if bits not in SUPPORTED_BITS:
-        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits!r}")
-
-
 def _check_head_dim(head_dim: int) -> None:
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
-        raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
+    """The layout is defined for any D >= 1 (coordinates past D pack as 0)."""
+    check_head_dim("packing", head_dim, 1, None, even=False)
 
 
 def planes(bits: int) -> int:
     """Number of coordinates that share one byte (or, for 3-bit, one bit position of 3 bytes)."""
-    _check_bits(bits)
+    check_bits("packing", bits)
     return _PLANES[bits]
 
 
@@ -55,7 +51,7 @@ def _shifts(count: int, step: int, device: torch.device) -> torch.Tensor:
 
 def pack(indices: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack uint8 indices [..., D] (each < 2**bits) into uint8 [..., packed_width(D, bits)]."""
-    _check_bits(bits)
+    check_bits("packing", bits)
     if not isinstance(indices, torch.Tensor) or indices.dtype != torch.uint8:
         raise ValueError(f"indices must be a torch.uint8 tensor, got {getattr(indices, 'dtype', type(indices))}")
     if indices.dim() == 0 or indices.shape[-1] == 0:
@@ -76,7 +72,7 @@ def pack(indices: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack(packed: torch.Tensor, bits: int, head_dim: int) -> torch.Tensor:
     """Inverse of :func:`pack`: uint8 [..., packed_width(head_dim, bits)] -> uint8 [..., head_dim]."""
-    _check_bits(bits)
+    check_bits("packing", bits)
     _check_head_dim(head_dim)
     if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
         raise ValueError(f"packed must be a torch.uint8 tensor, got {getattr(packed, 'dtype', type(packed))}")

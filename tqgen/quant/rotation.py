@@ -14,14 +14,7 @@ import functools
 
 import torch
 
-MAX_HEAD_DIM = 4096
-
-
-def _check_head_dim(head_dim: int) -> None:
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int):
-        raise ValueError(f"head_dim must be an int, got {type(head_dim).__name__}")
-    if head_dim < 2 or head_dim > MAX_HEAD_DIM or head_dim % 2:
-        raise ValueError(f"head_dim must be even and in [2, {MAX_HEAD_DIM}], got {head_dim}")
+from tqgen.spec import ROTATION_MAX_HEAD_DIM, ROTATION_MIN_HEAD_DIM, check_head_dim
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,7 +38,7 @@ def rotation_matrix(head_dim: int, seed: int = 42, device=None) -> torch.Tensor:
     The tensor is cached per (head_dim, seed, device) and shared by every caller:
     never modify it in place (clone it first).
     """
-    _check_head_dim(head_dim)
+    check_head_dim("rotation_matrix", head_dim, ROTATION_MIN_HEAD_DIM, ROTATION_MAX_HEAD_DIM)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {type(seed).__name__}")
     device_key = "cpu" if device is None else str(torch.device(device))

@@ -6,16 +6,16 @@ A decode step's KV length changes every token; keying a config on it would re-tu
 
 from __future__ import annotations
 
-from tqgen.spec import Family, VariantSpec
+from tqgen.spec import DECODE_MAX_Q, Family, VariantSpec
 
 
 def _nq_bucket(n_q: int) -> str:
     if n_q <= 1:
         return "q1"
-    if n_q <= 16:
-        return "q2-16"
+    if n_q <= DECODE_MAX_Q:
+        return f"q2-{DECODE_MAX_Q}"
     if n_q <= 128:
-        return "q17-128"
+        return f"q{DECODE_MAX_Q + 1}-128"
     return "q129+"
 
 

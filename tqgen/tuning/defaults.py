@@ -9,11 +9,10 @@ works on a machine without a GPU.  Rules (README "Tuning" repeats them):
   many pipeline stages (2-3) as fit the shared memory.  (Compressed V with
   BLOCK_M=128 and 8 warps gave NaN / an illegal address with Triton 3.6 on an
   H200, 2026-11-21: never a default, and the tuner skips it.)
-* decode: BLOCK_N = 64 keys per tile (32 for D > 128), 4 warps, 2 stages; the KV
-  sequence is split until batch x kv_heads x splits fills SPLIT_WAVES (2) waves of
-  SMs, and each split walks at least SPLIT_MIN_TOKENS (128) keys.
-* compress: 64 token rows per program, 4 warps, persistent (2 programs per SM);
-  decompress / scores: 32-64 token rows per program, 4 warps.
+* decode: BLOCK_N = 64 keys per tile (32 for D > 128), 4 warps, 2 stages; the split
+  policy (``SPLIT_MIN_TOKENS``, ``SPLIT_WAVES``) is ``tqgen.tuning.splits.DEFAULT``: split
+  until batch x kv_heads x splits fills 2 waves of SMs, each split at least 128 keys.
+* compress / decompress / scores: 32-64 token rows per program, 4 warps.
 * the interpreter (``cpu``): the largest blocks, because each interpreted tile
   iteration costs milliseconds.
 """
@@ -21,6 +20,7 @@ works on a machine without a GPU.  Rules (README "Tuning" repeats them):
 from __future__ import annotations
 
 from tqgen.spec import Family, VariantSpec
+from tqgen.tuning import splits
 from tqgen.tuning.arch import ArchLimits
 
 Config = dict[str, int]
@@ -46,7 +46,7 @@ def default_config(spec: VariantSpec, limits: ArchLimits) -> Config:
         if fam is Family.ATTN_PREFILL:
             return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
         if fam is Family.ATTN_DECODE:
-            return {"BLOCK_N": 64, "SPLIT_MIN_TOKENS": 64, "SPLIT_WAVES": 2, "num_warps": 4, "num_stages": 1}
+            return {"BLOCK_N": 64, **splits.INTERPRETER.config(), "num_warps": 4, "num_stages": 1}
         if fam is Family.SCORES:
             return {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
         if fam is Family.DECODE_REDUCE:
@@ -63,11 +63,9 @@ def default_config(spec: VariantSpec, limits: ArchLimits) -> Config:
         return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": 8 if big else 4, "num_stages": stages}
     if fam is Family.ATTN_DECODE:
         block_n = 64 if d_pad <= 128 else 32
-        return {"BLOCK_N": block_n, "SPLIT_MIN_TOKENS": 128, "SPLIT_WAVES": 2, "num_warps": 4, "num_stages": 2}
+        return {"BLOCK_N": block_n, **splits.DEFAULT.config(), "num_warps": 4, "num_stages": 2}
     if fam is Family.SCORES:
         return {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
     if fam is Family.DECODE_REDUCE:
         return {"num_warps": 4, "num_stages": 1}
-    if fam is Family.COMPRESS:  # persistent programs, two per SM (measured best on an H200)
-        return {"BLOCK_T": 64, "num_warps": 4, "num_stages": 1, "PROGRAMS_PER_SM": 2}
     return {"BLOCK_T": 64 if d_pad <= 128 else 32, "num_warps": 4, "num_stages": 1}
