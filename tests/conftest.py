@@ -35,3 +35,14 @@ def pytest_collection_modifyitems(config, items):
 def device() -> str:
     """Where kernels run: the GPU when present, else the CPU interpreter."""
     return DEVICE
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """Point the tune cache at an empty directory for the test."""
+    from tqgen.tuning import cache
+
+    monkeypatch.setattr(cache, "TUNE_CACHE_DIR", tmp_path)
+    cache.invalidate()
+    yield tmp_path
+    cache.invalidate()

@@ -1,7 +1,7 @@
 """Command line: ``python -m tqgen {build,list,info,tune,bench}``.
 
-This module only parses arguments and prints; the work lives in codegen/,
-tuning/ and bench/.
+This module only parses arguments and prints; each command's work lives in its own module
+(``build``: tqgen.codegen.build, ``tune``: tqgen.bench.tune, ``bench``: tqgen.bench).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from tqgen.tuning.tuner import run_tune
+    from tqgen.bench.tune import run_tune
 
     return run_tune(args)
 

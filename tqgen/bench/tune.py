@@ -1,5 +1,8 @@
 """``python -m tqgen tune``: time candidate launch configs on this GPU and record the fastest.
 
+The search lives here, beside the benchmark harness it times with; ``tqgen.tuning`` keeps only
+what the hot path reads (arch limits, defaults, shape buckets, the tune cache and its writer).
+
 For each problem (one op at a representative shape) the tuner
 
 1. runs it once while recording which variant and shape bucket the dispatcher looks up,
@@ -15,7 +18,8 @@ For each problem (one op at a representative shape) the tuner
    ``tune_cache/<arch>.json`` (atomically, under this GPU's name).
 
 Decode is searched in two stages: the tile (BLOCK_N, warps, stages), then the split policy
-(SPLIT_MIN_TOKENS, SPLIT_WAVES) for the best tile.  Everything runs under a wall-clock budget
+(SPLIT_MIN_TOKENS, SPLIT_WAVES; the space is ``tqgen.tuning.splits.search_candidates``) for the
+best tile.  Everything runs under a wall-clock budget
 (``--quick``: a handful of candidates, ~2-3 minutes on an H100; ``TQGEN_TUNE_BUDGET_S``
 overrides); each finished entry is written at once, so an interrupted run keeps its work.
 """
@@ -52,6 +56,7 @@ from tqgen.paths import TUNE_CACHE_DIR
 from tqgen.quant.packing import packed_width
 from tqgen.spec import Family, VariantSpec
 from tqgen.testing import TOLERANCES, poison_
+from tqgen.tuning import splits
 from tqgen.tuning.arch import ArchLimits, check_arch, current_arch, interpreting
 from tqgen.tuning.cache import invalidate, now_utc, override, record_lookups, write_entries
 from tqgen.tuning.defaults import Config, default_config
@@ -179,7 +184,7 @@ class CompressProblem(Problem):
 
 
 def plan(quick: bool) -> list[Problem]:
-    """The problems to tune, most important first (the issue's targets, then the rest)."""
+    """The problems to tune, most important first (the shapes of README's Performance tables, then the rest)."""
     d = lambda mode, b, n, causal=False: AttentionProblem("decode", mode, b, 1, n, causal)  # noqa: E731
     # K4V4 decode at the bench shapes and the HF path's (tqgen.hf passes is_causal=False for one query).
     problems: list[Problem] = [d("K4V4", b, n) for b, n in (*DECODE_LONG, DECODE_SHORT, *E2E_DECODE)]
@@ -240,8 +245,6 @@ _FULL_AXES = {
     Family.ATTN_PREFILL: ((64, 128), (32, 64, 128), (4, 8), (1, 2, 3, 4)),
     Family.COMPRESS: ((16, 32, 64, 128, 256), (1, 2, 4, 8), (1, 2)),
 }
-SPLIT_CHOICES = {True: (64, 256, 512), False: (32, 64, 256, 512, 1024, 2048)}
-WAVE_CHOICES = {True: (2, 8), False: (1, 2, 4, 8, 16)}
 
 
 def tile_candidates(spec: VariantSpec, default: Config, quick: bool) -> list[Config]:
@@ -258,8 +261,7 @@ def split_candidates(best: Config, quick: bool) -> list[Config]:
     with the best tile fixed."""
     if "SPLIT_MIN_TOKENS" not in best:
         return []
-    policies = itertools.product(SPLIT_CHOICES[quick], WAVE_CHOICES[quick])
-    return _dedupe([{**best, "SPLIT_MIN_TOKENS": s, "SPLIT_WAVES": w} for s, w in policies])
+    return _dedupe(splits.search_candidates(best, quick))
 
 
 def _dedupe(configs: list[Config]) -> list[Config]:

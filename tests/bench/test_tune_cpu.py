@@ -1,5 +1,5 @@
-"""The tuner and the tune cache on the CPU: lookups, overrides, the atomic merge-writer, and a
-quick tune of tiny problems through the real kernels (interpreter) with a stub timer.
+"""The tuner (``tqgen.bench.tune``) on the CPU: candidates, the plan, and a quick tune of tiny
+problems through the real kernels (interpreter) with a stub timer.
 
 No timing assertions: the stub timer makes the "fastest" candidate a known one, so the test
 checks the choice logic, the verification and what lands in the JSON.
@@ -14,23 +14,15 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from tqgen.bench import tune as tuner
 from tqgen.bench.common import Deadline
 from tqgen.spec import Family, VariantSpec
-from tqgen.tuning import cache, tuner
+from tqgen.tuning import cache
 from tqgen.tuning.arch import ARCH_LIMITS, current_arch
 from tqgen.tuning.defaults import default_config
 
 CPU = ARCH_LIMITS["cpu"]
 COMPRESS4 = VariantSpec(Family.COMPRESS, 64, 4, rotate=True)
-
-
-@pytest.fixture
-def tmp_cache(tmp_path, monkeypatch):
-    """Point the tune cache at an empty directory for the test."""
-    monkeypatch.setattr(cache, "TUNE_CACHE_DIR", tmp_path)
-    cache.invalidate()
-    yield tmp_path
-    cache.invalidate()
 
 
 def _forced() -> dict:
@@ -53,74 +45,6 @@ def _ctx(tmp_path, device="cpu", timer=block_timer, **kw) -> tuner.TuneContext:
         gpu_meta={"sm_count": 2, "torch": torch.__version__}, quick=True, deadline=Deadline(600),
         cache_dir=tmp_path, max_candidates=kw.pop("max_candidates", 3), log=lambda msg: None, **kw,
     )
-
-
-# ------------------------------------------------------------------ lookups
-def test_override_wins_and_lookups_are_recorded(tmp_cache):
-    default = default_config(COMPRESS4, CPU)
-    with cache.record_lookups() as seen:
-        assert cache.config_for(COMPRESS4, "cpu") == default
-        with cache.override(COMPRESS4.id, {"BLOCK_T": 16}):
-            forced = cache.config_for(COMPRESS4, "cpu")
-        after = cache.config_for(COMPRESS4, "cpu")
-    assert forced == {**default, "BLOCK_T": 16}
-    assert after == default
-    assert [lk.overridden for lk in seen] == [False, True, False]
-    assert {lk.spec for lk in seen} == {COMPRESS4} and seen[0].bucket == "any"
-
-
-def test_override_and_writes_call_invalidators(tmp_cache):
-    calls = []
-    fn = cache.register_invalidator(lambda: calls.append(1))
-    try:
-        with cache.override(COMPRESS4.id, {"BLOCK_T": 16}):
-            pass
-        cache.write_entries("cpu", "gpu-a", {}, {}, tmp_cache)
-    finally:
-        cache._INVALIDATORS.remove(fn)
-    assert len(calls) == 3  # override enter + exit, write
-
-
-def test_lookup_prefers_this_gpu_else_any(tmp_cache):
-    key = f"{COMPRESS4.id}|any"
-    cache.write_entries("cpu", "gpu-a", {key: {"config": {"BLOCK_T": 16, "num_warps": 4, "num_stages": 1}}}, {}, tmp_cache)
-    cache.write_entries("cpu", "gpu-b", {key: {"config": {"BLOCK_T": 128, "num_warps": 4, "num_stages": 1}}}, {}, tmp_cache)
-    assert cache.config_for(COMPRESS4, "cpu", "any", "gpu-b")["BLOCK_T"] == 128
-    assert cache.config_for(COMPRESS4, "cpu", "any", "gpu-a")["BLOCK_T"] == 16
-    assert cache.config_for(COMPRESS4, "cpu", "any", "gpu-c")["BLOCK_T"] == 16  # any GPU of the arch
-    other = VariantSpec(Family.COMPRESS, 64, 2, rotate=True)
-    assert cache.config_for(other, "cpu", "any", "gpu-a") == default_config(other, CPU)
-
-
-# ------------------------------------------------------------------ writing
-def test_merge_keeps_other_gpus_and_keys():
-    data = {"meta": {"arch": "sm_90", "gpus": {"H100": {"date": "d1"}}},
-            "entries": {"a|x": {"H100": {"config": {"B": 1}}}, "b|y": {"H100": {"config": {"B": 2}}}}}
-    merged = cache.merge_entries(data, "H200", {"a|x": {"config": {"B": 3}}, "c|z": {"config": {"B": 4}}},
-                                 {"date": "d2", "sm_count": 132})
-    assert merged["entries"]["a|x"] == {"H100": {"config": {"B": 1}}, "H200": {"config": {"B": 3}}}
-    assert merged["entries"]["b|y"] == {"H100": {"config": {"B": 2}}}
-    assert merged["entries"]["c|z"] == {"H200": {"config": {"B": 4}}}
-    assert set(merged["meta"]["gpus"]) == {"H100", "H200"} and merged["meta"]["date"] == "d2"
-    assert data["entries"]["a|x"] == {"H100": {"config": {"B": 1}}}  # input untouched
-    replaced = cache.merge_entries(merged, "H100", {"a|x": {"config": {"B": 5}}}, {})
-    assert replaced["entries"]["a|x"]["H100"] == {"config": {"B": 5}}
-
-
-def test_interrupted_write_leaves_the_old_file(tmp_cache, monkeypatch):
-    path = cache.write_entries("cpu", "gpu-a", {"k|any": {"config": {"BLOCK_T": 16}}}, {"date": "d1"}, tmp_cache)
-    before = path.read_text()
-
-    def broken_fsync(*args, **kwargs):  # the new bytes are in the temporary file, not yet in place
-        raise RuntimeError("disk full")
-
-    import tqgen.files
-
-    monkeypatch.setattr(tqgen.files.os, "fsync", broken_fsync)
-    with pytest.raises(RuntimeError, match="disk full"):
-        cache.write_entries("cpu", "gpu-a", {"k2|any": {"config": {}}}, {}, tmp_cache)
-    assert path.read_text() == before
-    assert sorted(p.name for p in tmp_cache.iterdir() if not p.name.endswith(".lock")) == ["cpu.json"]
 
 
 # --------------------------------------------------------------- candidates
