@@ -10,7 +10,7 @@ nothing but cached derived values and the decode workspace, and never poison out
 
 from __future__ import annotations
 
-import weakref
+from collections import OrderedDict
 from typing import Any, Callable
 
 import torch
@@ -38,25 +38,30 @@ def stream_id(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
-_DERIVED: dict[tuple[str, int, Any], tuple[weakref.ref, int, Any]] = {}
+_DERIVED: "OrderedDict[tuple[Any, ...], tuple[torch.Tensor, int, Any]]" = OrderedDict()
+_DERIVED_MAX = 1024
 
 
 def derived(kind: str, t: torch.Tensor, extra: Any, make: Callable[[], Any]) -> Any:
-    """``make()``, cached per (``kind``, tensor, ``extra``) and the tensor's version.
+    """``make()``, cached per (``kind``, the memory ``t`` views, ``extra``) and ``t``'s version.
 
     Codebooks and rotations are tiny and reused every call; deriving from them once (a dtype
     conversion, lookup tables, a permuted copy) keeps the hot path free of allocations, so a
-    captured CUDA graph stays valid.  Values are made outside inference mode, so calls in and
-    out of it can share them.
+    captured CUDA graph stays valid.  The key is the viewed memory (address, dtype, shape,
+    strides), not the Python object: torch.compile hands custom ops fresh views of the same
+    buffers on every call.  Each entry holds its source tensor, so that memory cannot be
+    freed and reused by another tensor while the entry lives (least recently used entries go
+    past ``_DERIVED_MAX``).  Values are made outside inference mode, so calls in and out of it
+    can share them.
     """
-    key = (kind, id(t), extra)
+    key = (kind, t.device, t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride()), extra)
     hit = _DERIVED.get(key)
-    if hit is not None and hit[0]() is t and hit[1] == version_of(t):
+    if hit is not None and hit[1] == version_of(t):
+        _DERIVED.move_to_end(key)
         return hit[2]
-    if len(_DERIVED) > 256:  # forget tensors that are gone
-        for stale in [k for k, (ref, _, _) in _DERIVED.items() if ref() is None]:
-            del _DERIVED[stale]
     with torch.inference_mode(False):
         value = make()
-    _DERIVED[key] = (weakref.ref(t), version_of(t), value)
+    _DERIVED[key] = (t, version_of(t), value)
+    if len(_DERIVED) > _DERIVED_MAX:
+        _DERIVED.popitem(last=False)
     return value

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import torch
 
-from tqgen.ops import cdiv
+from tqgen.ops import cdiv, derived
+from tqgen.ops.attention import sm_count
 from tqgen.ops.launch import kernel
 from tqgen.spec import VariantSpec
+
+
+def rotation_halves(rotation: torch.Tensor) -> torch.Tensor:
+    """Pi as two fp16 terms [2, D, D], Pi = hi + lo to ~2^-22: the kernel rotates on fp16 tensor
+    cores with fp32 accuracy (derived once per rotation tensor)."""
+
+    def split() -> torch.Tensor:
+        pi = rotation.detach().to(torch.float32)
+        hi = pi.to(torch.float16)
+        return torch.stack((hi, (pi - hi.to(torch.float32)).to(torch.float16))).contiguous()
+
+    return derived("rotation_halves", rotation, None, split)
 
 
 def compress(
@@ -26,17 +39,18 @@ def compress(
     strides for ``x`` and ``packed``, norms ``[B, H, capacity]``.
     """
     batch, heads, n_tokens, _ = x.shape
-    rotation = rotation.to(torch.float32).contiguous()  # no copy when it already is
+    rotation = rotation_halves(rotation)
     boundaries = boundaries.to(torch.float32).contiguous()
     block_t = config["BLOCK_T"]
-    grid = (cdiv(n_tokens, block_t), batch * heads)
+    tiles = cdiv(n_tokens, block_t) * batch * heads
+    grid = (min(tiles, config.get("PROGRAMS_PER_SM", 2) * sm_count(x.device)),)  # persistent programs
     kernel(spec)[grid](
         x, x.stride(0), x.stride(1), x.stride(2),
         rotation,
         boundaries,
         packed, packed.stride(0), packed.stride(1), packed.stride(2),
         norms, norms.stride(0), norms.stride(1), norms.stride(2),
-        n_tokens, heads, start,
+        n_tokens, heads, batch, start,
         BLOCK_T=block_t,
         num_warps=config["num_warps"],
         num_stages=config["num_stages"],

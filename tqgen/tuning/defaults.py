@@ -12,7 +12,8 @@ works on a machine without a GPU.  Rules (README "Tuning" repeats them):
 * decode: BLOCK_N = 64 keys per tile (32 for D > 128), 4 warps, 2 stages; the split
   policy (``SPLIT_MIN_TOKENS``, ``SPLIT_WAVES``) is ``tqgen.tuning.splits.DEFAULT``: split
   until batch x kv_heads x splits fills 2 waves of SMs, each split at least 128 keys.
-* compress / decompress / scores: 32-64 token rows per program, 4 warps.
+* compress: 64 token rows per program, 4 warps, persistent (2 programs per SM);
+  decompress / scores: 32-64 token rows per program, 4 warps.
 * the interpreter (``cpu``): the largest blocks, because each interpreted tile
   iteration costs milliseconds.
 """
@@ -68,4 +69,6 @@ def default_config(spec: VariantSpec, limits: ArchLimits) -> Config:
         return {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
     if fam is Family.DECODE_REDUCE:
         return {"num_warps": 4, "num_stages": 1}
+    if fam is Family.COMPRESS:  # persistent programs, two per SM (measured best on an H200)
+        return {"BLOCK_T": 64, "num_warps": 4, "num_stages": 1, "PROGRAMS_PER_SM": 2}
     return {"BLOCK_T": 64 if d_pad <= 128 else 32, "num_warps": 4, "num_stages": 1}
