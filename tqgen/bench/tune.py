@@ -232,18 +232,18 @@ def select_problems(problems: list[Problem], pattern: str | None) -> list[Proble
 _TILE_KEYS = {
     Family.ATTN_DECODE: ("BLOCK_N", "num_warps", "num_stages"),
     Family.ATTN_PREFILL: ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"),
-    Family.COMPRESS: ("BLOCK_T", "num_warps", "num_stages"),
+    Family.COMPRESS: ("BLOCK_T", "num_warps", "num_stages", "PROGRAMS_PER_SM"),
 }
 _QUICK_TILES = {
     Family.ATTN_DECODE: [(64, 4, 3), (128, 4, 2), (128, 8, 3), (32, 4, 3), (64, 8, 4)],
     Family.ATTN_PREFILL: [(128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 4, 2),
                           (64, 32, 4, 3), (64, 64, 4, 4), (64, 128, 8, 3)],
-    Family.COMPRESS: [(32, 4, 1), (128, 4, 1), (128, 8, 1), (32, 2, 1)],
+    Family.COMPRESS: [(128, 8, 1, 1), (64, 4, 1, 3), (64, 4, 1, 4), (64, 4, 2, 2)],
 }
 _FULL_AXES = {
     Family.ATTN_DECODE: ((32, 64, 128, 256), (2, 4, 8), (1, 2, 3, 4)),
     Family.ATTN_PREFILL: ((64, 128), (32, 64, 128), (4, 8), (1, 2, 3, 4)),
-    Family.COMPRESS: ((16, 32, 64, 128, 256), (1, 2, 4, 8), (1, 2)),
+    Family.COMPRESS: ((32, 64, 128), (4, 8), (1, 2), (1, 2, 3, 4)),
 }
 
 
