@@ -77,6 +77,6 @@ def test_training_through_the_hf_backend_raises(device):
     loss = model(ids, labels=ids).loss
     with pytest.raises(RuntimeError, match=NO_BACKWARD):
         loss.backward()
-    tqgen.hf.uninstall_fused_tq4_kv(model)
+    tqgen.hf.disable(model)
     model(ids, labels=ids).loss.backward()  # SDPA again: gradients flow
     assert model.model.layers[0].self_attn.q_proj.weight.grad is not None

@@ -47,7 +47,7 @@ def test_vanilla_backend_matches_sdpa_fp16():
     sdpa = model.generate(ids, **kwargs)
     tqgen.hf.install_triton_fa(model)
     ours = model.generate(ids, **kwargs)
-    tqgen.hf.uninstall_fused_tq4_kv(model)
+    tqgen.hf.disable(model)
     for step, (a, b) in enumerate(zip(ours.logits, sdpa.logits)):
         assert_close(a, b, torch.float16, f"step {step}")
 

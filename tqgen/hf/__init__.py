@@ -28,7 +28,7 @@ from tqgen.hf.cache import (
     cache_kwarg,
     cache_kwargs,
 )
-from tqgen.hf.install import enable, install_fused_tq4_kv, install_triton_fa, uninstall_fused_tq4_kv
+from tqgen.hf.install import disable, enable, install_fused_tq4_kv, install_triton_fa, uninstall_fused_tq4_kv
 from tqgen.hf.static_cache import (
     TRITON_FA_TQ_STATIC,
     CompressedStaticCache,
@@ -50,6 +50,7 @@ __all__ = [
     "LayerSizes",
     "cache_kwarg",
     "cache_kwargs",
+    "disable",
     "enable",
     "install_fused_tq4_kv",
     "install_static_cache",

@@ -22,7 +22,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from tqgen.attention import attention
+from tqgen.attention import attention, launch_attention
 
 TRITON_FA = "triton_fa"
 TRITON_FA_TQ4_KV = "triton_fa_tq4_kv"
@@ -58,15 +58,15 @@ def _is_causal(module: torch.nn.Module, query: torch.Tensor, attention_mask: tor
     return bool(is_causal) and attention_mask is None and query.shape[2] > 1
 
 
-def _attend(query: torch.Tensor, key: object, value: object, **kwargs: object) -> tuple[torch.Tensor, None]:
-    """``attention()`` written straight into transformers' ``[B, Sq, Hq, D]`` layout (its ``out`` is
+def _attend(query: torch.Tensor, key: object, value: object, attend=attention, **kwargs: object) -> tuple[torch.Tensor, None]:
+    """``attend()`` (``attention()``) written straight into transformers' ``[B, Sq, Hq, D]`` layout (its ``out`` is
     that buffer seen as ``[B, Hq, Sq, D]``), so no copy follows.  When autograd records the call
     (``out=`` is refused then) the result is transposed and copied instead."""
     if query.requires_grad and torch.is_grad_enabled():
-        return attention(query, key, value, **kwargs).transpose(1, 2).contiguous(), None
+        return attend(query, key, value, **kwargs).transpose(1, 2).contiguous(), None
     batch, heads, seq, dim = query.shape
     out = torch.empty((batch, seq, heads, dim), dtype=query.dtype, device=query.device)
-    attention(query, key, value, out=out.transpose(1, 2), **kwargs)
+    attend(query, key, value, out=out.transpose(1, 2), **kwargs)
     return out, None
 
 
@@ -114,7 +114,9 @@ def triton_fa_tq4_kv_forward(
         return triton_fa_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     compressed_key, compressed_value = fused
     is_causal = _is_causal(module, query, attention_mask, kwargs)
-    return _attend(query, compressed_key, compressed_value, sm_scale=scaling, is_causal=is_causal,
+    # The cache's own buffers (and the model's shapes, at install): launched without re-checking them.
+    attend = attention if query.requires_grad and torch.is_grad_enabled() else launch_attention
+    return _attend(query, compressed_key, compressed_value, attend=attend, sm_scale=scaling, is_causal=is_causal,
                    attention_mask=attention_mask)
 
 

@@ -2,9 +2,11 @@
 
 The attention function is looked up from ``config._attn_implementation`` on every forward, so
 installing is: register the backends, point the model's config(s) at one, and (for the fused
-backend) stash the cache on every attention module as ``module._tq4_cache``.  The implementation
-in place before the first install is remembered on the model and restored exactly by
-:func:`uninstall_fused_tq4_kv`.
+backend) stash the cache on every attention module as ``module._tq4_cache``.  What the kernels
+cannot do (soft-capped logits, GQA groups over 16) is refused here, once, so the backends need not
+check the model per layer and step.  The implementation in place before the first install is
+remembered on the model and restored exactly by :func:`uninstall_fused_tq4_kv` (the seed's name:
+it undoes a fused install) or :func:`disable` (undoes every install, ``install_triton_fa`` too).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from tqgen.hf.backends import TRITON_FA, TRITON_FA_TQ4_KV, register_triton_fa
 from tqgen.hf.cache import CompressedDynamicCache, SkipPolicy
+from tqgen.validation import check_gqa_group
 
 # Attribute on the model: [(config, attn implementation before tqgen's first install), ...].
 _SAVED = "_tqgen_saved_attn_implementation"
@@ -48,7 +51,7 @@ def _set_attn_implementation(model: torch.nn.Module, name: str) -> None:
         model.config._attn_implementation = name
 
 
-def _check_supported(model: torch.nn.Module) -> None:
+def _check_model_supported(model: torch.nn.Module) -> None:
     """Refuse up front what the kernels cannot do, rather than failing inside the first forward."""
     for config in _configs(model):
         if getattr(config, "attn_logit_softcapping", None) is not None:
@@ -56,6 +59,10 @@ def _check_supported(model: torch.nn.Module) -> None:
                 f"{type(model).__name__} soft-caps its attention logits (attn_logit_softcapping="
                 f"{config.attn_logit_softcapping}), which tqgen's kernels do not implement"
             )
+        q_heads = getattr(config, "num_attention_heads", None)
+        kv_heads = getattr(config, "num_key_value_heads", None) or q_heads
+        if isinstance(q_heads, int) and isinstance(kv_heads, int):
+            check_gqa_group(q_heads, kv_heads, "num_attention_heads", "num_key_value_heads")
 
 
 def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -67,7 +74,7 @@ def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def install_triton_fa(model: torch.nn.Module) -> None:
     """Register the backends and run ``model``'s attention with tqgen's FlashAttention (``triton_fa``)."""
-    _check_supported(model)
+    _check_model_supported(model)
     register_triton_fa()
     _set_attn_implementation(model, TRITON_FA)
 
@@ -88,7 +95,7 @@ def install_fused_tq4_kv(model: torch.nn.Module, cache: CompressedDynamicCache) 
 def attach_cache(model: torch.nn.Module, cache: object, register: Callable[[], None], backend: str) -> None:
     """Stash ``cache`` on every attention module (a cache attached before leaves fused mode), put
     it in fused mode and switch ``model`` to the ``backend`` that ``register`` registers."""
-    _check_supported(model)
+    _check_model_supported(model)
     modules = _attention_modules(model)
     register()
     for module in modules:
@@ -101,12 +108,37 @@ def attach_cache(model: torch.nn.Module, cache: object, register: Callable[[], N
 
 
 def uninstall_fused_tq4_kv(model: torch.nn.Module) -> None:
-    """Undo :func:`install_fused_tq4_kv` / :func:`install_triton_fa`: drop the stashed cache (leaving
-    fused mode) and restore the attention implementation the model had before tqgen, exactly."""
+    """Undo :func:`install_fused_tq4_kv` (or :func:`enable`, ``install_static_cache``), as the seed's
+    function of this name does: drop the stashed cache (leaving fused mode) and restore the
+    attention implementation the model had before tqgen, exactly (the seed restores SDPA).
+
+    A model with no cache attached (only :func:`install_triton_fa`) is left as it is:
+    :func:`disable` undoes both."""
+    if _drop_caches(model):
+        _restore_implementation(model)
+
+
+def disable(model: torch.nn.Module) -> None:
+    """Undo every tqgen install on ``model`` (:func:`enable`, :func:`install_fused_tq4_kv`,
+    ``install_static_cache`` and :func:`install_triton_fa`): drop the stashed caches and restore the
+    attention implementation the model had before tqgen's first install, exactly."""
+    _drop_caches(model)
+    _restore_implementation(model)
+
+
+def _drop_caches(model: torch.nn.Module) -> bool:
+    """Remove ``_tq4_cache`` from every module (its cache leaves fused mode); whether there was one."""
+    found = False
     for module in model.modules():
         cache = module.__dict__.pop("_tq4_cache", None)
         if cache is not None:
             cache.fused_mode = False
+            found = True
+    return found
+
+
+def _restore_implementation(model: torch.nn.Module) -> None:
+    """Point the model's configs back at what they used before tqgen's first install."""
     saved = model.__dict__.pop(_SAVED, None)
     if saved is None:
         return
