@@ -174,8 +174,9 @@ def decode(
     """Split-K decode: grid (splits, B * H_kv) writes partials, then ``reduce`` (the decode_reduce
     variant of ``spec``, :func:`tqgen.spec.reduce_spec`) merges them.
 
-    ``parts``: caller-owned (acc, m, l) partials of at least the cached workspace's sizes (a static
-    cache passes its own so that captured graphs depend on no process-wide buffer)."""
+    ``parts``: caller-owned (acc, m, l) partials of at least the cached workspace's sizes, and
+    optionally a flat fp32 scratch for the Hopper path's query planes (a static cache passes its
+    own so that captured graphs depend on no process-wide or per-stream buffer)."""
     assert spec.family is Family.ATTN_DECODE
     batch, q_heads, n_q, head_dim = q.shape
     kv_heads, n_kv = k.shape[1], k.shape[2]
@@ -186,10 +187,11 @@ def decode(
         block_n, policy = config["BLOCK_N"], splits.policy_of(config)
     plan = splits.split_plan(batch * kv_heads, n_kv, block_n, policy, sm_count(q.device))
     rows = batch * q_heads * n_q
-    part_acc, part_m, part_l = parts if parts is not None else workspace(q.device, rows, head_dim, plan.capacity)
+    part_acc, part_m, part_l = parts[:3] if parts is not None else workspace(q.device, rows, head_dim, plan.capacity)
+    scratch = parts[3] if parts is not None and len(parts) > 3 else None
     pi = rotation_of(k, v)
     if hopper:
-        decode_sm90.launch_partials(spec, q, k, v, sm_scale * LOG2E, plan, (part_acc, part_m, part_l), mask)
+        decode_sm90.launch_partials(spec, q, k, v, sm_scale * LOG2E, plan, (part_acc, part_m, part_l), mask, scratch)
     else:
         margs, has_mask, is_bool = mask_args(mask, q)
         kernel(spec)[(plan.num_splits, batch * kv_heads)](

@@ -128,6 +128,11 @@ def _kernel_sources(tables) -> tuple[str, str]:
 _Q_PLANES: dict[tuple[torch.device, int, torch.dtype, int, int], torch.Tensor] = {}
 
 
+def planes_numel(batch_heads: int) -> int:
+    """fp32 elements that hold the fp16/bf16 query planes of ``batch_heads`` KV heads at any M."""
+    return batch_heads * 2 * HEAD_DIM // 2 * MAX_ROWS // 2
+
+
 def _q_planes(device: torch.device, dtype: torch.dtype, batch_heads: int, m: int) -> torch.Tensor:
     """[B * H_kv, 2, 64, M] query planes, cached per stream and shape (kept alive for captured
     graphs; two streams decoding at once never share them)."""
@@ -162,15 +167,21 @@ def launch_partials(
     plan,
     workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     mask: torch.Tensor | None = None,
+    scratch: torch.Tensor | None = None,
 ) -> None:
     """Query prologue, then the Gluon split-K kernel writing the partials ``decode_reduce`` merges.
 
-    ``mask``: None or a key-padding bool mask accepted by :func:`supports`."""
+    ``mask``: None or a key-padding bool mask accepted by :func:`supports`.  ``scratch``: a
+    caller-owned flat fp32 tensor of at least :func:`planes_numel` elements for the query planes
+    (else a cached per-stream buffer)."""
     rotate_query_planes, k4v4_decode_sm90 = _kernels()
     batch, _, n_q, _ = q.shape
     kv_heads, n_kv = k.shape[1], k.shape[2]
     m = 8 if n_q * spec.group <= 8 else 16
-    planes = _q_planes(q.device, q.dtype, batch * kv_heads, m)
+    if scratch is None:
+        planes = _q_planes(q.device, q.dtype, batch * kv_heads, m)
+    else:
+        planes = scratch.view(q.dtype)[: batch * kv_heads * 2 * 64 * m].view(batch * kv_heads, 2, 64, m)
     rotate_query_planes[(batch * kv_heads, 2)](
         q, *q.stride(), _pi_planes(k.rotation), planes, kv_heads, n_q,
         GROUP=spec.group, M=m, D=HEAD_DIM, num_warps=4,

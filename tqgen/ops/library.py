@@ -31,6 +31,7 @@ from torch import Tensor
 from tqgen.compressed import CompressedTensor
 from tqgen.ops import attention as attention_ops
 from tqgen.ops import compress as compress_ops
+from tqgen.ops import decode_sm90
 from tqgen.quant.packing import packed_width
 from tqgen.spec import DECODE_MAX_Q, SUPPORTED_BITS, Family, VariantSpec, check_bits, reduce_spec
 from tqgen.tuning import launch_config, shape_bucket
@@ -79,7 +80,18 @@ def decode_workspace_numel(batch: int, q_heads: int, kv_heads: int, n_q: int, he
     q = torch.empty((batch, q_heads, n_q, head_dim), device="meta")
     spec = _spec(Family.ATTN_DECODE, q, k_bits, v_bits, kv_heads, is_causal)
     config = launch_config(spec, device, shape_bucket(spec, n_q, n_kv, batch * kv_heads))
-    return batch * q_heads * n_q * _split_capacity(spec, config, device, batch * kv_heads) * (head_dim + 2)
+    partials = batch * q_heads * n_q * _split_capacity(spec, config, device, batch * kv_heads) * (head_dim + 2)
+    return _scratch_start(partials) + _scratch_numel(spec, device, batch * kv_heads)
+
+
+def _scratch_start(partials: int) -> int:
+    """The scratch starts 128-byte aligned after the partials."""
+    return -(-partials // 32) * 32
+
+
+def _scratch_numel(spec: VariantSpec, device: torch.device, batch_heads: int) -> int:
+    """fp32 elements of per-call scratch after the partials: the Hopper path's query planes."""
+    return decode_sm90.planes_numel(batch_heads) if decode_sm90.may_support(spec, device) else 0
 
 
 # ------------------------------------------------------------------- decode
@@ -105,7 +117,9 @@ def decode_attention(
     config = launch_config(spec, q.device, shape_bucket(spec, n_q, n_kv, batch * kv_heads))
     capacity = _split_capacity(spec, config, q.device, batch * kv_heads)
     rows = batch * q_heads * n_q
-    need = rows * capacity * (head_dim + 2)
+    parts_end = rows * capacity * (head_dim + 2)
+    scratch_start = _scratch_start(parts_end)
+    need = scratch_start + _scratch_numel(spec, q.device, batch * kv_heads)
     if workspace.dtype != torch.float32 or workspace.dim() != 1 or workspace.numel() < need:
         raise ValueError(
             f"workspace must be a flat fp32 tensor of at least {need} elements for this call "
@@ -113,7 +127,7 @@ def decode_attention(
         )
     acc_end = rows * capacity * head_dim
     parts = (workspace[:acc_end], workspace[acc_end:acc_end + rows * capacity],
-             workspace[acc_end + rows * capacity:need])
+             workspace[acc_end + rows * capacity:parts_end], workspace[scratch_start:need])
     reduce = reduce_spec(spec)
     attention_ops.decode(spec, config, reduce, launch_config(reduce, q.device), q, kk, vv, out, float(sm_scale),
                          _expand_mask(mask, q, n_kv), parts)
