@@ -4,9 +4,9 @@ backward raises a clear error (never a tensor silently cut from the graph)."""
 import pytest
 import torch
 
+from testing_models import tiny_causal_lm
 import tqgen.hf
 from tqgen import TurboQuant, attention
-from tqgen.hf.testing_models import tiny_causal_lm
 from tqgen.scores import fused_qk_scores
 
 NO_BACKWARD = "has no backward pass"

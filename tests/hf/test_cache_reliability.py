@@ -6,9 +6,9 @@ import torch
 from transformers import DynamicCache, Gemma3TextConfig, LlamaConfig
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
+from testing_models import tiny_causal_lm
 import tqgen.hf
 from tqgen.hf import CompressedDynamicCache, CompressedLayer, cache_kwarg, cache_kwargs
-from tqgen.hf.testing_models import tiny_causal_lm
 from tqgen.quant.packing import packed_width
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from testing_models import tiny_causal_lm
 import tqgen.hf
 from tqgen.hf import CompressedDynamicCache, CompressedLayer, FullPrecisionLayer, cache_kwargs
-from tqgen.hf.testing_models import tiny_causal_lm
 from tqgen.testing import LOGITS_TOLERANCE, assert_close
 
 PROMPT, NEW = 10, 4

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from testing_models import tiny_causal_lm
 import tqgen.hf
 from tqgen.hf import CompressedDynamicCache, cache_kwargs
-from tqgen.hf.testing_models import tiny_causal_lm
 from tqgen.testing import assert_close
 
 pytestmark = pytest.mark.gpu

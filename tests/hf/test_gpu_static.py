@@ -1,15 +1,17 @@
 """GPU-only checks of the static compressed cache: CUDA-graph replay of whole decode steps, transformers'
 own compiled generate, and the cache's reported bytes against the CUDA allocator."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from testing_models import tiny_causal_lm
 import tqgen.hf
 from tqgen.hf import cache_argument
-from tqgen.hf.testing_models import tiny_causal_lm
 from tqgen.testing import assert_close
 
 pytestmark = pytest.mark.gpu
@@ -74,7 +76,7 @@ def test_generate_compiles_with_the_static_cache():
 _MEASURE = """
 import torch
 from tqgen.hf import CompressedStaticCache
-from tqgen.hf.testing_models import tiny_causal_lm
+from testing_models import tiny_causal_lm
 config = tiny_causal_lm("llama", head_dim=128, heads=8, kv_heads=2, hidden=256, layers=4).config
 warm = CompressedStaticCache(config, max_cache_len=64)
 warm.early_initialization(2, 2, 128, torch.float16, torch.device("cuda"))  # codebooks/rotation cached for good
@@ -92,7 +94,9 @@ print(torch.cuda.memory_allocated() - before, cache.nbytes(), tensors)
 def test_reported_bytes_match_cuda_allocations():
     """nbytes() is what the allocator handed out for the cache, up to its 512-byte rounding per tensor
     (measured in a fresh process, as the dynamic cache's test does)."""
-    result = subprocess.run([sys.executable, "-c", _MEASURE], capture_output=True, text=True, timeout=240)
+    tests = str(Path(__file__).resolve().parents[1])  # testing_models lives in tests/
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (tests, os.environ.get("PYTHONPATH"))))}
+    result = subprocess.run([sys.executable, "-c", _MEASURE], capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr
     allocated, nbytes, tensors = map(int, result.stdout.split()[-3:])
     assert 0 <= allocated - nbytes <= 512 * tensors, (allocated, nbytes, tensors)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from testing_models import tiny_causal_lm
 import tqgen.hf
 from tqgen.hf import CompressedDynamicCache
-from tqgen.hf.testing_models import tiny_causal_lm
 
 
 def test_uninstall_fused_undoes_a_fused_install_only():

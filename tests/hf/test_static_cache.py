@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import CompileConfig
 
+from testing_models import tiny_causal_lm
 import tqgen.hf
 from tqgen.hf import CompressedStaticCache, CompressedStaticLayer, cache_argument
-from tqgen.hf.testing_models import tiny_causal_lm
 
 PROMPT, STEPS, CAPACITY = 6, 3, 16
 

@@ -3,7 +3,7 @@
 Suites (``--suite``, comma-separated or ``all``): ``decode``, ``prefill``, ``compress``,
 ``e2e``.  Every run first measures the device copy bandwidth, the floor the memory-bound
 suites are judged against; every suite then times its cases against SDPA fp16 in the same
-process, prints a table with the issue's targets, and (``--json``) the results are saved
+process, prints a table with its targets (README "Performance"), and (``--json``) the results are saved
 after each suite, so an interrupted run keeps what it finished.  Each suite has a
 wall-clock budget; cases past it are recorded as skipped.
 """
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from tqgen.bench.common import BenchContext, Deadline, copy_bandwidth, default_timer, environment
+from tqgen.bench.common import BenchContext, Deadline, copy_bandwidth, default_timer, machine_facts
 from tqgen.tuning.arch import interpreting
 
 SUITES = ("decode", "prefill", "compress", "e2e")
@@ -84,7 +84,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"tqgen bench: {exc}", file=sys.stderr)
         return 2
     if interpreting() or not torch.cuda.is_available():
-        print("tqgen bench: needs a CUDA GPU (and TRITON_INTERPRET unset): the shapes are the issue's, "
+        print("tqgen bench: needs a CUDA GPU (and TRITON_INTERPRET unset): the shapes are README's, "
               "far too large for the CPU interpreter. The CPU smoke test is tests/bench/test_bench_cpu.py.",
               file=sys.stderr)
         return 2
@@ -97,7 +97,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if compare_note:
         print(f"tqgen bench: {compare_note}")
 
-    meta = environment(device)
+    meta = machine_facts(device)
     print(f"tqgen bench on {meta['gpu']} ({meta['sm_count']} SMs), torch {meta['torch']}, triton {meta['triton']}: "
           f"suites {', '.join(names)}{' (quick)' if quick else ''}", flush=True)
     copy = copy_bandwidth(device, timer)

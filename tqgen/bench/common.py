@@ -3,7 +3,7 @@
 * timers: ``gpu_timer`` (``triton.testing.do_bench`` median; it flushes L2 before every
   call) and ``wall_timer`` (host clock, for CPU smoke runs where timings mean nothing);
 * the device copy bandwidth (the floor every memory-bound number is compared with);
-* environment metadata stamped into every JSON;
+* ``machine_facts``: the GPU, versions and date stamped into every JSON;
 * inputs: random K/V compressed with tqgen's own codec;
 * torch SDPA at its fastest backend;
 * targets: a threshold on one metric of a result row, judged in one place.
@@ -146,7 +146,7 @@ def git_commit() -> str | None:
         return None
 
 
-def environment(device: torch.device | str) -> dict[str, Any]:
+def machine_facts(device: torch.device | str) -> dict[str, Any]:
     """What a result was measured on: GPU, SM count, versions, date."""
     from tqgen.tuning.arch import current_arch, interpreting
     from tqgen.version import __version__
@@ -338,6 +338,7 @@ def with_target(row: dict[str, Any], target: Target | None) -> dict[str, Any]:
 
 # --------------------------------------------------------------------- errors
 def short_error(exc: BaseException, limit: int = 300) -> str:
+    """``exc`` as one line naming its type, cut to ``limit`` characters (for result rows and logs)."""
     text = f"{type(exc).__name__}: {exc}".strip().replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

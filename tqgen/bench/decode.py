@@ -73,7 +73,7 @@ class DecodeCase:
 
 
 def cases(quick: bool = False) -> list[DecodeCase]:
-    """The issue's shapes; without ``quick`` also the GQA/head-dim cases and the B=1 sweep for the plot."""
+    """README's Performance shapes; without ``quick`` also the GQA/head-dim cases and the B=1 sweep for the plot."""
     out = [DecodeCase(b, n, tuple(MODES)) for b, n in LONG_SHAPES]
     out.append(DecodeCase(*SHORT_SHAPE, tuple(MODES) if not quick else ("K4V4",)))
     if not quick:

@@ -51,7 +51,7 @@ class PrefillCase:
     def flops(self, q_heads: int, head_dim: int) -> float:
         """Two matmuls (QK^T and PV) of 2 flops per multiply-add over the kept pairs.
 
-        For n_q == n_kv this is the issue's ``2 * 2 * B * H * N * N * D / 2`` (plus the diagonal).
+        For n_q == n_kv this is the usual causal count ``2 * 2 * B * H * N * N * D / 2`` (plus the diagonal).
         """
         pairs = self.n_q * self.n_q / 2 if self.n_q == self.n_kv else self.causal_pairs()
         return 2 * 2 * self.batch * q_heads * pairs * head_dim

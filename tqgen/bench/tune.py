@@ -43,7 +43,7 @@ from tqgen.bench.common import (
     codec,
     compress,
     default_timer,
-    environment,
+    machine_facts,
     outputs_of,
     randn,
     rel_l2,
@@ -498,7 +498,7 @@ def tune(ctx: TuneContext, problems: list[Problem]) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------- CLI
 def gpu_meta(device: torch.device, quick: bool) -> dict[str, Any]:
-    env = environment(device)
+    env = machine_facts(device)
     return {k: env.get(k) for k in ("sm_count", "triton", "torch", "tqgen", "git", "cuda", "date")} | {"quick": quick}
 
 
