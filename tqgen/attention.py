@@ -224,18 +224,22 @@ def _lean_checks(q: torch.Tensor, k: KV, v: KV, mask: torch.Tensor | None) -> in
 
 
 def _launch(plan: _Plan, q: torch.Tensor, k: KV, v: KV, out: torch.Tensor, scale: float,
-            mask: torch.Tensor | None, n_kv: int) -> torch.Tensor:
+            mask: torch.Tensor | None, n_kv: int, extra_partial: object = None) -> torch.Tensor:
     """Look up the launch config of this call's shape bucket and launch (every input is checked)."""
     batch, _, n_q, _ = q.shape
     spec = plan.spec
     config = launch_config(spec, q.device, shape_bucket(spec, n_q, n_kv, batch * _kv_heads(k)))
     if not plan.decode:
         return attention_ops.prefill(spec, config, q, k, v, out, scale, mask)
+    if extra_partial is not None:
+        return attention_ops.decode(spec, config, plan.reduce, plan.reduce_config, q, k, v, out, scale, mask,
+                                    extra_partial=extra_partial)
     return attention_ops.decode(spec, config, plan.reduce, plan.reduce_config, q, k, v, out, scale, mask)
 
 
 def _launch_unchecked(plan: _Plan, q: torch.Tensor, k: KV, v: KV, sm_scale: float | None,
-                      mask: torch.Tensor | None, out: torch.Tensor | None, n_kv: int) -> torch.Tensor:
+                      mask: torch.Tensor | None, out: torch.Tensor | None, n_kv: int,
+                      extra_partial: object = None) -> torch.Tensor:
     """``_launch`` of arguments as a caller passed them, known to pass the checks: the default
     scale, the mask broadcast to [B, H_q, N_q, N_kv] and the output allocated here."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
@@ -243,7 +247,7 @@ def _launch_unchecked(plan: _Plan, q: torch.Tensor, k: KV, v: KV, sm_scale: floa
         mask = mask[(None,) * (4 - mask.dim())].expand(*q.shape[:3], n_kv)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    return _launch(plan, q, k, v, out, scale, mask, n_kv)
+    return _launch(plan, q, k, v, out, scale, mask, n_kv, extra_partial)
 
 
 def _kv_heads(x: KV) -> int:
@@ -265,6 +269,7 @@ def attention(
     *,
     out: torch.Tensor | None = None,
     schedule: Schedule = "auto",
+    extra_partial: object = None,
 ) -> torch.Tensor:
     """Softmax attention over plain or TurboQuant-compressed K/V.
 
@@ -282,19 +287,22 @@ def attention(
             decode path allocates nothing but a cached workspace and never syncs, so it
             can be captured in a CUDA graph.
         schedule: ``"auto"`` (decode for N_q <= 16, else prefill) or force one.
+        extra_partial: decode only, internal: writes one more split-K partial that the reduce
+            merges (``tqgen.ops.exact_tokens``: exact tokens beside compressed ones).
 
     Returns:
         ``[B, H_q, N_q, D]`` in q's dtype (``out`` when given).
     """
     if wants_grad(q, k, v, attention_mask):  # no backward: never return a result cut from the graph
         return forward_only("tqgen.attention", lambda: attention(
-            q, k, v, sm_scale, is_causal, attention_mask, schedule=schedule), q, k, v, attention_mask, out=out)
+            q, k, v, sm_scale, is_causal, attention_mask, schedule=schedule, extra_partial=extra_partial),
+            q, k, v, attention_mask, out=out)
     signature = _signature(q, k, v, sm_scale, is_causal, attention_mask, out, schedule)
     plan = _PLANS.get(signature) if signature is not None else None
     if plan is not None:
         n_kv = _lean_checks(q, k, v, attention_mask)
         if n_kv is not None:  # same checks as a call that passed them: go straight to the launch
-            return _launch_unchecked(plan, q, k, v, sm_scale, attention_mask, out, n_kv)
+            return _launch_unchecked(plan, q, k, v, sm_scale, attention_mask, out, n_kv, extra_partial)
     inputs = (q, k, v)
     q = check_vectors("q", q)
     batch, q_heads, n_q, head_dim = q.shape
@@ -340,7 +348,7 @@ def attention(
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
         _PLANS[signature] = plan
-    return _launch(plan, q, k, v, out, scale, mask, n_kv)
+    return _launch(plan, q, k, v, out, scale, mask, n_kv, extra_partial)
 
 
 def _codec_tensors(x: KV, name: str) -> dict[str, torch.Tensor]:

@@ -79,7 +79,7 @@ def test_unsupported_features_fail_loudly(device):
 def test_fused_reads_the_compressed_cache(device):
     """Prefill (exact K/V), then a 3-token decode step: the kernel reads all 10 tokens compressed,
     bottom-right causal, and matches attention over the decompressed cache."""
-    cache = CompressedDynamicCache(k_bits=4, v_bits=3)
+    cache = CompressedDynamicCache(k_bits=4, v_bits=3, sink_tokens=0, residual_length=0)  # every token compressed
     cache.fused_mode = True
     module = _attention_module(cache=cache)
     q, k, v = (t.to(device) for t in _qkv(1, 7, 7))
@@ -103,7 +103,7 @@ def test_fused_falls_back_to_the_given_kv(device):
     """K/V that this cache did not just return (no cache, another cache, uncompressed layer) are used as given."""
     q, k, v = (t.to(device) for t in _qkv(1, 1, 6))
     expected = _hf_layout(reference_attention(q, k, v))
-    cache = CompressedDynamicCache()
+    cache = CompressedDynamicCache(sink_tokens=0, residual_length=0)
     cache.fused_mode = True
     for module in (_attention_module(), _attention_module(cache=cache), _attention_module(layer_idx=3, cache=cache)):
         out, _ = triton_fa_tq4_kv_forward(module, q, k, v, None)

@@ -11,6 +11,12 @@ from tqgen.quant import compress, decompress
 from tqgen.testing import assert_close
 
 D = 64
+# These tests are about the compressed storage: no exact sinks or window (tests/hf/test_exact_tokens.py).
+COMPRESS_ALL = dict(sink_tokens=0, residual_length=0)
+
+
+def _cache(*args, **kwargs) -> CompressedDynamicCache:
+    return CompressedDynamicCache(*args, **{**COMPRESS_ALL, **kwargs})
 
 
 def _kv(batch: int, heads: int, n: int, head_dim: int = D, device: str = "cpu", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +52,7 @@ def _storage_bytes(cache: CompressedDynamicCache) -> int:
 
 def test_update_returns_exact_prefill_then_decompressed_history(device):
     """Non-fused mode: prefill attends over exact K/V; later chunks over the decompressed history (K4/V3)."""
-    cache = CompressedDynamicCache(k_bits=4, v_bits=3)
+    cache = _cache(k_bits=4, v_bits=3)
     k0, v0 = _kv(2, 2, 7, device=device)
     k1, v1 = _kv(2, 2, 3, device=device, seed=1)
     keys, values = cache.update(k0, v0, 0)
@@ -59,7 +65,7 @@ def test_update_returns_exact_prefill_then_decompressed_history(device):
 
 
 def test_fused_mode_keeps_no_full_precision_copy(device):
-    cache = CompressedDynamicCache()
+    cache = _cache()
     cache.fused_mode = True
     k0, v0 = _kv(1, 2, 5, device=device)
     cache.update(k0, v0, 0)
@@ -80,7 +86,7 @@ def test_fused_mode_keeps_no_full_precision_copy(device):
 def test_capacity_grows_geometrically(device, monkeypatch):
     """Appending one token at a time reallocates O(log n) times, and growth keeps the history intact."""
     monkeypatch.setattr(cache_module, "CAPACITY_GRANULE", 1)
-    cache = CompressedDynamicCache(growth=2.0)
+    cache = _cache(growth=2.0)
     k, v = _kv(1, 1, 20, device=device)
     cache.update(k[:, :, :3], v[:, :, :3], 0)
     capacities = []
@@ -94,14 +100,14 @@ def test_capacity_grows_geometrically(device, monkeypatch):
 
 
 def test_initial_capacity_allocates_once(device):
-    cache = CompressedDynamicCache(initial_capacity=100)
+    cache = _cache(initial_capacity=100)
     k, v = _kv(1, 1, 1, device=device)
     cache.update(k, v, 0)
     assert cache.layers[0].capacity == 128  # rounded up to CAPACITY_GRANULE
 
 
 def test_crop_then_append_overwrites_the_tail(device):
-    cache = CompressedDynamicCache()
+    cache = _cache()
     k, v = _kv(1, 2, 9, device=device)
     cache.update(k[:, :, :6], v[:, :, :6], 0)
     cache.update(torch.zeros_like(k[:, :, :3]), v[:, :, 6:], 0)
@@ -116,7 +122,7 @@ def test_crop_then_append_overwrites_the_tail(device):
 
 
 def test_batch_reorderings(device):
-    cache = CompressedDynamicCache()
+    cache = _cache()
     k, v = _kv(3, 2, 4, device=device)
     cache.update(k, v, 0)
     reference = cache.layers[0].decompressed(torch.float32)[0]
@@ -132,7 +138,7 @@ def test_batch_reorderings(device):
 
 
 def test_reset_frees_and_accepts_a_new_batch(device):
-    cache = CompressedDynamicCache()
+    cache = _cache()
     cache.update(*_kv(2, 2, 3, device=device), 0)
     with pytest.raises(ValueError, match="reset"):
         cache.update(*_kv(1, 2, 1, device=device), 0)
@@ -145,7 +151,7 @@ def test_reset_frees_and_accepts_a_new_batch(device):
 def test_reported_size_is_the_allocated_bytes(device):
     """nbytes() = every byte the buffers hold (capacity-based); uncompressed_nbytes() = the same tokens
     uncompressed in the model's dtype; fp16_nbytes() = in 16 bits."""
-    cache = CompressedDynamicCache(k_bits=4, v_bits=2, skip_layers=[1], initial_capacity=64)
+    cache = _cache(k_bits=4, v_bits=2, skip_layers=[1], initial_capacity=64)
     for layer_idx in range(2):
         cache.update(*_kv(2, 2, 64, device=device), layer_idx)
     assert isinstance(cache.layers[1], FullPrecisionLayer)
@@ -154,7 +160,7 @@ def test_reported_size_is_the_allocated_bytes(device):
     assert cache.layers[0].nbytes() == 2 * 2 * 64 * (32 + 4 + 16 + 4)
     assert cache.fp16_nbytes() == 2 * (2 * 2 * 64 * 2 * D * 2)
     assert cache.uncompressed_nbytes() == 4 * (2 * 2 * 64 * 2 * D * 2)  # fp32 K/V: 4 bytes an element
-    compressed_only = CompressedDynamicCache(initial_capacity=64)
+    compressed_only = _cache(initial_capacity=64)
     compressed_only.update(*_kv(2, 2, 64, device=device), 0)
     # against the fp32 K/V it was given (7.1x at D=64); 3.56x against 16 bits
     assert compressed_only.compression_ratio() == pytest.approx(4 * D / (D // 2 + 4))
@@ -164,20 +170,20 @@ def test_reported_size_is_the_allocated_bytes(device):
 def test_layer_policy_from_config():
     """Sliding-window layers stay transformers' window layers; skip_layers (negative = from the end) stay fp16."""
     config = Qwen2Config(num_hidden_layers=4, use_sliding_window=True, sliding_window=16, max_window_layers=2)
-    cache = CompressedDynamicCache(config, skip_layers=[-3])
+    cache = _cache(config, skip_layers=[-3])
     kinds = [type(layer) for layer in cache.layers]
     assert kinds == [CompressedLayer, FullPrecisionLayer, DynamicSlidingWindowLayer, DynamicSlidingWindowLayer]
     assert cache.is_sliding == [False, False, True, True]
-    predicate = CompressedDynamicCache(LlamaConfig(num_hidden_layers=3), skip_layers=lambda i: i % 2 == 0)
+    predicate = _cache(LlamaConfig(num_hidden_layers=3), skip_layers=lambda i: i % 2 == 0)
     assert [type(layer) for layer in predicate.layers] == [FullPrecisionLayer, CompressedLayer, FullPrecisionLayer]
     with pytest.raises(ValueError, match="num_layers"):
-        CompressedDynamicCache(skip_layers=[-1])
+        _cache(skip_layers=[-1])
     with pytest.raises(ValueError, match="bits"):
-        CompressedDynamicCache(k_bits=5)
+        _cache(k_bits=5)
 
 
 def test_layers_of_different_head_dim_get_their_own_quantizer(device):
-    cache = CompressedDynamicCache(k_bits=3, v_bits=3)
+    cache = _cache(k_bits=3, v_bits=3)
     cache.update(*_kv(1, 1, 2, head_dim=64, device=device), 0)
     cache.update(*_kv(1, 1, 2, head_dim=128, device=device), 1)
     cache.update(*_kv(1, 1, 2, head_dim=64, device=device), 2)
@@ -189,7 +195,7 @@ def test_layers_of_different_head_dim_get_their_own_quantizer(device):
 
 def test_steps_in_and_out_of_inference_mode(device):
     """Buffers are normal tensors: a prefill under torch.inference_mode, then generate's no_grad steps."""
-    cache = CompressedDynamicCache(skip_layers=[1], num_layers=2)
+    cache = _cache(skip_layers=[1], num_layers=2)
     with torch.inference_mode():
         for layer_idx in range(2):
             cache.update(*_kv(1, 1, 3, device=device), layer_idx)
@@ -200,7 +206,7 @@ def test_steps_in_and_out_of_inference_mode(device):
 
 
 def test_uncentred_keys_are_the_plain_roundtrip(device):
-    cache = CompressedDynamicCache(center_keys=False)
+    cache = _cache(center_keys=False)
     k, v = _kv(2, 2, 9, device=device)
     cache.update(k[:, :, :5], v[:, :, :5], 0)
     keys, _ = cache.update(k[:, :, 5:], v[:, :, 5:], 0)
@@ -219,7 +225,7 @@ def test_centred_keys_lose_less_on_keys_with_a_common_direction(device):
     exact = torch.softmax(q.double() @ k.double().transpose(-1, -2) / D**0.5, -1) @ v.double()
     errors = {}
     for centred in (False, True):
-        cache = CompressedDynamicCache(center_keys=centred)
+        cache = _cache(center_keys=centred)
         cache.update(k[:, :, :39], v[:, :, :39], 0)
         keys, values = cache.update(k[:, :, 39:], v[:, :, 39:], 0)
         out = torch.softmax(q.double() @ keys.double().transpose(-1, -2) / D**0.5, -1) @ values.double()
@@ -230,7 +236,7 @@ def test_centred_keys_lose_less_on_keys_with_a_common_direction(device):
 
 
 def test_key_offset_follows_batch_reorderings(device):
-    cache = CompressedDynamicCache()
+    cache = _cache()
     k, v = _kv(3, 2, 6, device=device)
     cache.update(k, v, 0)
     offset = cache.layers[0].key_offset.clone()

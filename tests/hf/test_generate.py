@@ -10,6 +10,9 @@ from tqgen.hf import CompressedDynamicCache, CompressedLayer, FullPrecisionLayer
 from tqgen.testing import LOGITS_TOLERANCE, assert_close
 
 PROMPT, NEW = 10, 4
+# Exact sinks and a recent window small enough for these short sequences: the window rolls into
+# the codes during the tests (the defaults, 4 and 128, would keep every token exact here).
+EXACT = dict(sink_tokens=2, residual_length=3, residual_block=2)
 
 # (family, head_dim, query heads, KV heads, layers): GQA and MHA, head_dim 64..256
 MODELS = [
@@ -57,7 +60,7 @@ def test_model_family(family, head_dim, heads, kv_heads, layers, device):
     # Teacher-forced: the prompt, then SDPA's greedy tokens one step at a time.
     tokens, chunks = sdpa.sequences[:, :-1], [PROMPT] + [1] * (NEW - 1)
     reference = _step_logits(model, DynamicCache(), tokens, chunks)
-    decompressed = _step_logits(model, CompressedDynamicCache(model.config), tokens, chunks)
+    decompressed = _step_logits(model, CompressedDynamicCache(model.config, **EXACT), tokens, chunks)
 
     tqgen.hf.install_triton_fa(model)
     vanilla = _greedy(model, ids)
@@ -65,7 +68,7 @@ def test_model_family(family, head_dim, heads, kv_heads, layers, device):
     for ours, theirs in zip(vanilla.logits, sdpa.logits):
         assert_close(ours, theirs, torch.float32, "vanilla logits")
 
-    cache = tqgen.hf.enable(model, k_bits=4, v_bits=4)
+    cache = tqgen.hf.enable(model, k_bits=4, v_bits=4, **EXACT)
     fused = _step_logits(model, cache, tokens, chunks)
     assert all(isinstance(layer, CompressedLayer) for layer in cache.layers)
     cosines = [_cosine(f, r) for f, r in zip(fused, reference)]
@@ -85,10 +88,13 @@ def test_left_padded_batch_matches_each_sample_alone(device):
     long, short = _tokens(1, 9, seed=1), _tokens(1, 6, seed=2)
     batch = torch.cat([long, torch.cat([torch.zeros(1, 3, dtype=torch.long), short], 1)]).to(device)
     attention_mask = (batch != 0).long()
-    cache = tqgen.hf.enable(model)
+    # Sinks are the first positions of a row, pads in a left-padded one: a recent window only, of
+    # exactly 3 tokens (a block of 1), so that it holds the same tokens with and without the pads.
+    window = dict(sink_tokens=0, residual_length=3, residual_block=1)
+    cache = tqgen.hf.enable(model, **window)
     together = _greedy(model, batch, cache, attention_mask=attention_mask)
     for row, prompt in enumerate((long, short)):
-        alone = _greedy(model, prompt.to(device), tqgen.hf.enable(model))
+        alone = _greedy(model, prompt.to(device), tqgen.hf.enable(model, **window))
         assert torch.equal(together.sequences[row, -NEW:], alone.sequences[0, -NEW:])
         for step, (a, b) in enumerate(zip(together.logits, alone.logits)):
             assert_close(a[row], b[0], torch.float16, f"row {row} step {step}")
@@ -100,8 +106,9 @@ def test_chunked_prefill_and_multi_token_steps(device):
     fused = "decompress + SDPA" with the same chunking."""
     model = tiny_causal_lm("qwen3", head_dim=64, kv_heads=2, initializer_range=0.02).to(device)
     tokens, chunks = _tokens(1, 14, seed=3).to(device), [7, 4, 3]
-    decompressed = _step_logits(model, CompressedDynamicCache(model.config, k_bits=4, v_bits=3, skip_layers=[0]), tokens, chunks)
-    cache = tqgen.hf.enable(model, k_bits=4, v_bits=3, skip_layers=[0])
+    decompressed = _step_logits(model, CompressedDynamicCache(model.config, k_bits=4, v_bits=3, skip_layers=[0], **EXACT),
+                                tokens, chunks)
+    cache = tqgen.hf.enable(model, k_bits=4, v_bits=3, skip_layers=[0], **EXACT)
     fused = _step_logits(model, cache, tokens, chunks)
     assert [type(layer) for layer in cache.layers] == [FullPrecisionLayer, CompressedLayer]
     for step, (f, d) in enumerate(zip(fused, decompressed)):
@@ -114,8 +121,8 @@ def test_beam_search_reorders_the_compressed_cache(device):
     model = tiny_causal_lm("llama", head_dim=64, kv_heads=1, layers=1, initializer_range=0.02).to(device)
     ids = _tokens(1, 8, seed=7).to(device)  # this prompt's beams swap rows mid-generation
     beams = dict(max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False, early_stopping=True)
-    expected = model.generate(ids, **cache_kwargs(model, CompressedDynamicCache(model.config), "generate"), **beams)
-    cache = tqgen.hf.enable(model)
+    expected = model.generate(ids, **cache_kwargs(model, CompressedDynamicCache(model.config, **EXACT), "generate"), **beams)
+    cache = tqgen.hf.enable(model, **EXACT)
     got = model.generate(ids, **cache_kwargs(model, cache, "generate"), **beams)
     assert torch.equal(got, expected)
     assert cache.layers[0].batch == 3
@@ -132,8 +139,9 @@ def test_assisted_decoding_crops_and_verifies_chunks(assistance, device):
     else:
         assist = dict(assistant_model=tiny_causal_lm("llama", head_dim=64, layers=1, initializer_range=0.02, seed=1).to(device))
     ids = torch.tensor([[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6]], device=device)
-    greedy = model.generate(ids, max_new_tokens=5, do_sample=False, **cache_kwargs(model, tqgen.hf.enable(model), "generate"))
-    cache = tqgen.hf.enable(model)
+    greedy = model.generate(ids, max_new_tokens=5, do_sample=False,
+                            **cache_kwargs(model, tqgen.hf.enable(model, **EXACT), "generate"))
+    cache = tqgen.hf.enable(model, **EXACT)
     assisted = model.generate(ids, max_new_tokens=5, do_sample=False, **cache_kwargs(model, cache, "generate"), **assist)
     assert torch.equal(assisted, greedy)
     assert cache.get_seq_length() == greedy.shape[1] - 1

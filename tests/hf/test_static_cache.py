@@ -65,7 +65,7 @@ def test_compiled_fullgraph_matches_eager(family, device):
     assert torch.equal(tokens, eager_tokens)
     torch.testing.assert_close(logits, eager_logits, rtol=1e-5, atol=1e-5)
 
-    dynamic = tqgen.hf.enable(model, 4, 4, exact_prefill=False)
+    dynamic = tqgen.hf.enable(model, 4, 4, exact_prefill=False, residual_length=0)
     _, dynamic_logits = _decode(model, model, dynamic, ids, mask)
     torch.testing.assert_close(dynamic_logits, eager_logits, rtol=1e-4, atol=1e-4)
     tqgen.hf.uninstall_fused_tq4_kv(model)
@@ -85,7 +85,7 @@ def test_generate_matches_dynamic_cache(sampling, device):
     torch.manual_seed(0)
     static = _generate(model, tqgen.hf.enable(model, 4, 4, static=True, max_cache_len=CAPACITY), ids, mask, **kwargs)
     torch.manual_seed(0)
-    dynamic = _generate(model, tqgen.hf.enable(model, 4, 4, exact_prefill=False), ids, mask, **kwargs)
+    dynamic = _generate(model, tqgen.hf.enable(model, 4, 4, exact_prefill=False, residual_length=0), ids, mask, **kwargs)
     tqgen.hf.uninstall_fused_tq4_kv(model)
     assert static.shape == (2, PROMPT + STEPS)
     assert torch.equal(static, dynamic)
@@ -111,13 +111,17 @@ def test_generate_compiled_by_transformers(device):
 
 
 def test_sizes_and_reset(device):
-    """nbytes() counts every allocated buffer; kv_nbytes() is codes + norms (4-bit, D=64: 36 bytes a vector)."""
+    """nbytes() counts every allocated buffer; kv_nbytes() is codes + norms (4-bit, D=64: 36 bytes a
+    vector) and the exact sinks (fp32 here), each buffer with one scratch slot."""
     model = _model("llama", device)
     ids, mask = _batch(device)
     cache = tqgen.hf.enable(model, 4, 4, static=True, max_cache_len=CAPACITY)
     assert cache.nbytes() == 0 and cache.is_compileable
     _decode(model, model, cache, ids, mask)
-    per_layer = 2 * 2 * 2 * CAPACITY * (32 + 4)  # K and V x batch 2 x 2 heads x capacity x (codes + fp32 norm)
+    sinks = cache.sink_tokens
+    assert sinks == 4
+    # K and V x batch 2 x 2 heads x (compressed slots x (codes + fp32 norm) + sink slots x D x 4 bytes)
+    per_layer = 2 * 2 * 2 * ((CAPACITY - sinks + 1) * (32 + 4) + (sinks + 1) * 64 * 4)
     assert cache.kv_nbytes() == 2 * per_layer
     tensors = [t for layer in cache.layers for t in layer._tensors()] + cache._workspaces
     assert cache.nbytes() == sum(t.numel() * t.element_size() for t in tensors)

@@ -23,6 +23,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from tqgen.attention import attention, launch_attention
+from tqgen.ops.exact_tokens import attention_with_exact
 
 TRITON_FA = "triton_fa"
 TRITON_FA_TQ4_KV = "triton_fa_tq4_kv"
@@ -58,10 +59,11 @@ def _is_causal(module: torch.nn.Module, query: torch.Tensor, attention_mask: tor
     return bool(is_causal) and attention_mask is None and query.shape[2] > 1
 
 
-def _attend(query: torch.Tensor, key: object, value: object, attend=attention, **kwargs: object) -> tuple[torch.Tensor, None]:
-    """``attend()`` (``attention()``) written straight into transformers' ``[B, Sq, Hq, D]`` layout (its ``out`` is
-    that buffer seen as ``[B, Hq, Sq, D]``), so no copy follows.  When autograd records the call
-    (``out=`` is refused then) the result is transposed and copied instead."""
+def _attend(query: torch.Tensor, key: object, value: object, attend=attention,
+            **kwargs: object) -> tuple[torch.Tensor, None]:
+    """``attend()`` (``attention()``) written straight into transformers' ``[B, Sq, Hq, D]`` layout (its
+    ``out`` is that buffer seen as ``[B, Hq, Sq, D]``), so no copy follows.  When autograd records
+    the call (``out=`` is refused then) the result is transposed and copied instead."""
     if query.requires_grad and torch.is_grad_enabled():
         return attend(query, key, value, **kwargs).transpose(1, 2).contiguous(), None
     batch, heads, seq, dim = query.shape
@@ -114,6 +116,10 @@ def triton_fa_tq4_kv_forward(
         return triton_fa_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     compressed_key, compressed_value = fused
     is_causal = _is_causal(module, query, attention_mask, kwargs)
+    exact = cache.exact_tokens(module.layer_idx)  # exact sinks / recent tokens beside the compressed ones
+    if exact is not None:
+        return _attend(query, compressed_key, compressed_value, attend=attention_with_exact, exact=exact,
+                       sm_scale=scaling, is_causal=is_causal, attention_mask=attention_mask)
     # The cache's own buffers (and the model's shapes, at install): launched without re-checking them.
     attend = attention if query.requires_grad and torch.is_grad_enabled() else launch_attention
     return _attend(query, compressed_key, compressed_value, attend=attend, sm_scale=scaling, is_causal=is_causal,

@@ -33,14 +33,32 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicSlidingWindowLayer
 
 from tqgen.compressed import CompressedTensor
+from tqgen.ops.exact_tokens import ExactTokens
 from tqgen.turboquant import TurboQuant
-from tqgen.validation import check_batch_indices, check_bits, check_head_dim
+from tqgen.validation import FLOAT_DTYPES, check_batch_indices, check_bits, check_head_dim, check_tensor
 
 SkipPolicy = Iterable[int] | Callable[[int], bool] | None
 
 # Capacities are multiples of this many tokens, so a short prompt does not reallocate on every
 # one of its first decode steps.
 CAPACITY_GRANULE = 64
+
+
+# Defaults of the exact tokens, chosen on SmolLM2-135M (README "Hugging Face models"): 4 sinks;
+# no recent window (its decode cost is not measured on a GPU yet; 128 is the measured choice when
+# it is wanted), compressed 64 at a time when there is one.
+SINK_TOKENS = 4
+RESIDUAL_LENGTH = 0
+RESIDUAL_BLOCK = 64
+
+
+def check_exact_options(sink_tokens: object, residual_length: object, residual_block: object) -> tuple[int, int, int]:
+    """The exact-token options as ints: ``sink_tokens`` and ``residual_length`` >= 0, ``residual_block`` >= 1."""
+    for name, value, low in (("sink_tokens", sink_tokens, 0), ("residual_length", residual_length, 0),
+                             ("residual_block", residual_block, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return sink_tokens, residual_length, residual_block
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -170,15 +188,20 @@ class PreallocatedLayer(CacheLayerMixin):
         capacity = max(tokens, math.ceil(self.capacity * self.growth), self.initial_capacity)
         # Normal (not inference) tensors, so that steps run in and out of torch.inference_mode
         # can both write into them.
+        stored = self._stored()
         with torch.inference_mode(False):
             fresh = self._allocate(_round_up(capacity, CAPACITY_GRANULE))
-            if self.length:
+            if stored:
                 for name, old in self._buffers.items():
-                    fresh[name][:, :, : self.length].copy_(old[:, :, : self.length])
+                    fresh[name][:, :, :stored].copy_(old[:, :, :stored])
         if self._buffers:
             self.reallocations += 1
         self._buffers = fresh
         self.capacity = next(iter(fresh.values())).shape[2]
+
+    def _stored(self) -> int:
+        """Tokens the buffers hold (copied when they grow)."""
+        return self.length
 
     def get_seq_length(self) -> int:
         return self.length
@@ -292,7 +315,19 @@ class CompressedLayer(PreallocatedLayer):
             (``key_offset``, fp32 ``[B, H_kv, 1, D]``).  Exact: the mean adds ``q . mu`` to every
             score of a query, which softmax ignores, so attention reads the codes as they are;
             the quantiser then spends its levels on what tells keys apart rather than on their
-            common direction.
+            common direction.  With sinks the mean is over the first chunk's tokens past the
+            sinks (what the codes hold; all of the chunk when it has no more than the sinks).
+        sink_tokens: the first this many tokens stay exact, in the model's dtype (attention
+            sinks draw much of the attention and lose the most to quantisation).
+        residual_length: the most recent tokens stay exact too: at least this many (once the
+            sequence is long enough) and fewer than ``residual_length + residual_block``; when the
+            window reaches that, its oldest ``residual_block`` tokens (a multiple of it) are
+            compressed in one launch each for K and V.  0: every token past the sinks is
+            compressed when it arrives.
+
+    Token order: ``n_sinks`` exact sinks, ``n_mid`` compressed tokens, ``n_recent`` exact recent
+    ones.  The exact tokens share one buffer ``[B, H_kv, sink_tokens + window capacity, D]``
+    (sinks first, then the window), so :meth:`exact_tokens` is a view, not a copy.
     """
 
     def __init__(
@@ -305,8 +340,15 @@ class CompressedLayer(PreallocatedLayer):
         exact_prefill: bool = True,
         layer_idx: int | None = None,
         center_keys: bool = True,
+        sink_tokens: int = 0,
+        residual_length: int = 0,
+        residual_block: int = 64,
     ) -> None:
         super().__init__(growth=growth, initial_capacity=initial_capacity)
+        self.sink_tokens, self.residual_length, self.residual_block = check_exact_options(
+            sink_tokens, residual_length, residual_block)
+        self.n_sinks = self.n_mid = self.n_recent = 0
+        self._exact: dict[str, torch.Tensor] = {}
         self.center_keys = bool(center_keys)
         self.key_offset: torch.Tensor | None = None
         self._key_quantizer, self._value_quantizer = key_quantizer, value_quantizer
@@ -325,6 +367,7 @@ class CompressedLayer(PreallocatedLayer):
             ("k", "key_states", key_states, self._key_quantizer),
             ("v", "value_states", value_states, self._value_quantizer),
         ):
+            check_tensor(f"{where}{name}", states, ndim=4, dtypes=FLOAT_DTYPES)  # exact tokens are stored as given
             head_dim = states.shape[-1]
             try:
                 check_head_dim(f"{where}{name}", head_dim)
@@ -357,32 +400,125 @@ class CompressedLayer(PreallocatedLayer):
         )
 
     def _write(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int) -> None:
-        # Compress straight into the capacity buffers: one launch each for K and V.  The key
-        # offset is taken from the first chunk and kept only once both writes succeeded.
+        # New tokens fill the sinks first, then the recent window; what leaves the window (or,
+        # with no window, every token past the sinks) is compressed straight into the capacity
+        # buffers, one launch each for K and V.  The compress runs before any exact buffer
+        # changes and the counters and the key offset are set last, so a failure changes nothing.
+        n = key_states.shape[2]
+        to_sinks = min(n, self.sink_tokens - self.n_sinks)
+        rest = n - to_sinks
+        from_window, from_chunk = self._roll(rest)
         offset = self.key_offset
-        if self.center_keys and offset is None:
+        if self.center_keys and offset is None:  # the first chunk: the mean of its tokens past the sinks
             with torch.inference_mode(False):
-                offset = key_states.detach().float().mean(dim=2, keepdim=True)
-        keys = key_states if offset is None else key_states - offset.to(key_states.dtype)
-        self.key_quant.compress(keys, out=self._view("k", self.capacity), start=start)
-        self.value_quant.compress(value_states, out=self._view("v", self.capacity), start=start)
+                offset = key_states[:, :, to_sinks if rest else 0:].detach().float().mean(dim=2, keepdim=True)
+        if from_window + from_chunk:
+            keys, values = key_states[:, :, to_sinks:to_sinks + from_chunk], value_states[:, :, to_sinks:to_sinks + from_chunk]
+            if from_window:  # the window's oldest tokens, then the chunk's first: one launch
+                oldest = slice(self.sink_tokens, self.sink_tokens + from_window)
+                keys = torch.cat([self._exact["keys"][:, :, oldest], keys], dim=2)
+                values = torch.cat([self._exact["values"][:, :, oldest], values], dim=2)
+            if offset is not None:
+                keys = keys - offset.to(keys.dtype)
+            self.key_quant.compress(keys, out=self._view("k", self.capacity), start=self.n_mid)
+            self.value_quant.compress(values, out=self._view("v", self.capacity), start=self.n_mid)
+        kept = rest - from_chunk  # chunk tokens that join the window (the chunk's last ones)
+        survivors = self.n_recent - from_window  # window tokens that stay, moved to its front
+        window = self.sink_tokens
+        if to_sinks or kept or (from_window and survivors):
+            self._reserve_exact()
+            for name, states in (("keys", key_states), ("values", value_states)):
+                buf = self._exact[name]
+                if to_sinks:
+                    buf[:, :, self.n_sinks:self.n_sinks + to_sinks].copy_(states[:, :, :to_sinks])
+                if from_window and survivors:
+                    buf[:, :, window:window + survivors].copy_(buf[:, :, window + from_window:window + self.n_recent].clone())
+                if kept:
+                    buf[:, :, window + survivors:window + survivors + kept].copy_(states[:, :, n - kept:])
+        self.n_sinks += to_sinks
+        self.n_mid += from_window + from_chunk
+        self.n_recent = survivors + kept
         self.key_offset = offset
+
+    def reserve(self, tokens: int) -> None:
+        """Make room for a sequence of ``tokens`` tokens: codes for those past the sinks and the
+        smallest window (at least one buffer granule, so the compressed view always exists)."""
+        needed = max(tokens - self.sink_tokens - self.residual_length, self.n_mid, 1)
+        super().reserve(needed)
+
+    def _stored(self) -> int:
+        return self.n_mid
+
+    def _roll(self, rest: int) -> tuple[int, int]:
+        """How many of the window's oldest tokens and of the ``rest`` new ones past the sinks get
+        compressed now (window first): the window is brought below ``residual_length +
+        residual_block`` tokens by compressing a multiple of ``residual_block``."""
+        if not self.residual_length:
+            return 0, rest
+        total = self.n_recent + rest
+        if total < self.residual_length + self.residual_block:
+            return 0, 0
+        count = (total - self.residual_length) // self.residual_block * self.residual_block
+        from_window = min(count, self.n_recent)
+        return from_window, count - from_window
+
+    def _exact_capacity(self) -> int:
+        """Exact tokens the layer ever holds: the sinks and the largest window."""
+        window = self.residual_length + self.residual_block - 1 if self.residual_length else 0
+        return self.sink_tokens + window
+
+    def _reserve_exact(self) -> None:
+        """Allocate the exact tokens' buffer (once: its size is fixed by the options)."""
+        if self._exact:
+            return
+        shape = (self.batch, self.kv_heads, self._exact_capacity())
+        with torch.inference_mode(False):
+            self._exact = {
+                "keys": torch.empty(*shape, self.key_dim, dtype=self.dtype, device=self.device),
+                "values": torch.empty(*shape, self.value_dim, dtype=self.dtype, device=self.device),
+            }
+
+    def exact_tokens(self) -> ExactTokens | None:
+        """The exact sinks and recent tokens (views of the buffer), or None when the layer keeps
+        none by its options (sink_tokens = residual_length = 0)."""
+        if not self._exact_capacity():
+            return None
+        count = self.n_sinks + self.n_recent
+        if not self._exact:
+            empty = torch.empty(self.batch, self.kv_heads, 0, self.key_dim, dtype=self.dtype, device=self.device)
+            return ExactTokens(empty, empty, 0)
+        return ExactTokens(self._exact["keys"][:, :, :count], self._exact["values"][:, :, :count], self.n_sinks)
+
+    def nbytes(self) -> int:
+        """Bytes allocated for this layer: the codes and norms (capacity, not length) and the exact tokens."""
+        return super().nbytes() + sum(t.numel() * t.element_size() for t in self._exact.values())
 
     def _reindex_batch(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super()._reindex_batch(fn)
-        if self.key_offset is not None:
-            with torch.inference_mode(False):
+        with torch.inference_mode(False):
+            if self.key_offset is not None:
                 self.key_offset = fn(self.key_offset)
+            self._exact = {name: fn(buffer) for name, buffer in self._exact.items()}
+        if self._exact:
+            self.batch = self._exact["keys"].shape[0]
 
     def compressed(self) -> tuple[CompressedTensor, CompressedTensor]:
-        """K and V of every cached token, as CompressedTensors viewing the buffers (no copy)."""
-        return self._view("k", self.length), self._view("v", self.length)
+        """K and V of the compressed tokens (all but the exact sinks and window), as
+        CompressedTensors viewing the buffers (no copy)."""
+        return self._view("k", self.n_mid), self._view("v", self.n_mid)
 
     def decompressed(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V of every cached token, decompressed to ``dtype`` (default: the model's)."""
+        """K and V of every cached token in ``dtype`` (default: the model's): the compressed ones
+        decompressed, the exact sinks and window as they are."""
         dtype = dtype or self.dtype
         k, v = self.compressed()
-        return self.key_quant.decompress(k, dtype=dtype), self.value_quant.decompress(v, dtype=dtype)
+        keys, values = self.key_quant.decompress(k, dtype=dtype), self.value_quant.decompress(v, dtype=dtype)
+        exact = self.exact_tokens()
+        if exact is None or not exact.count:
+            return keys, values
+        head = exact.n_head
+        return (torch.cat([exact.keys[:, :, :head].to(dtype), keys, exact.keys[:, :, head:].to(dtype)], dim=2),
+                torch.cat([exact.values[:, :, :head].to(dtype), values, exact.values[:, :, head:].to(dtype)], dim=2))
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
@@ -396,13 +532,21 @@ class CompressedLayer(PreallocatedLayer):
         return self.decompressed()
 
     def crop(self, tokens_to_remove: int) -> None:
+        """Drop tokens from the end (see :meth:`PreallocatedLayer.crop`): the window's first, then
+        compressed ones, then sinks.  Compressed tokens stay compressed: the window refills with
+        the tokens that come next."""
         super().crop(tokens_to_remove)
         self.fused_key = None
+        self.n_sinks = min(self.n_sinks, self.length)
+        self.n_mid = min(self.n_mid, self.length - self.n_sinks)
+        self.n_recent = self.length - self.n_sinks - self.n_mid
 
     def reset(self) -> None:
         super().reset()
         self.fused_key = None
         self.key_offset = None
+        self._exact = {}
+        self.n_sinks = self.n_mid = self.n_recent = 0
 
 
 def _is_sliding(config: object, layer_idx: int) -> bool:
@@ -438,6 +582,15 @@ class CompressedDynamicCache(Cache):
         initial_capacity: tokens the first allocation holds at least (size it to prompt + new
             tokens to allocate once, with no slack beyond :data:`CAPACITY_GRANULE`).
         exact_prefill: attend over the exact K/V when a layer receives its first tokens.
+        center_keys: store each compressed layer's keys minus their per-head mean (see
+            :class:`CompressedLayer`; exact under softmax).
+        sink_tokens: the first this many tokens of every compressed layer stay exact, in the
+            model's dtype (default 4, chosen by measurement: README).
+        residual_length / residual_block: the most recent tokens stay exact too, at least
+            ``residual_length`` of them (default 0: no window; 128 is the measured choice) and
+            fewer than ``residual_length + residual_block``; they are compressed
+            ``residual_block`` (default 64) at a time.  Attention reads exact and compressed
+            tokens in one call (:mod:`tqgen.ops.exact_tokens`).
     """
 
     def __init__(
@@ -453,8 +606,13 @@ class CompressedDynamicCache(Cache):
         initial_capacity: int = 0,
         exact_prefill: bool = True,
         center_keys: bool = True,
+        sink_tokens: int = SINK_TOKENS,
+        residual_length: int = RESIDUAL_LENGTH,
+        residual_block: int = RESIDUAL_BLOCK,
     ) -> None:
         self.k_bits = check_bits("k_bits", k_bits)
+        self.sink_tokens, self.residual_length, self.residual_block = check_exact_options(
+            sink_tokens, residual_length, residual_block)
         self.center_keys = bool(center_keys)
         self.v_bits = check_bits("v_bits", v_bits)
         self.seed = seed
@@ -541,6 +699,9 @@ class CompressedDynamicCache(Cache):
             exact_prefill=self.exact_prefill,
             layer_idx=layer_idx,
             center_keys=self.center_keys,
+            sink_tokens=self.sink_tokens,
+            residual_length=self.residual_length,
+            residual_block=self.residual_block,
         )
 
     def is_compressed(self, layer_idx: int) -> bool:
@@ -569,6 +730,13 @@ class CompressedDynamicCache(Cache):
         if layer.fused_key is None or layer.fused_key is not key:
             return None
         return layer.compressed()
+
+    def exact_tokens(self, layer_idx: int | None) -> ExactTokens | None:
+        """The exact sinks and recent tokens of compressed layer ``layer_idx`` that attention reads
+        beside :meth:`fused_kv`'s compressed ones, or None (no such layer, or none kept by the options)."""
+        if layer_idx is None or not self.is_compressed(layer_idx):
+            return None
+        return self.layers[layer_idx].exact_tokens()
 
     # -- transformers' cache interface ---------------------------------------------------------------
     def update(
@@ -676,5 +844,6 @@ class CompressedDynamicCache(Cache):
     def __repr__(self) -> str:
         return (
             f"CompressedDynamicCache(k_bits={self.k_bits}, v_bits={self.v_bits}, layers={len(self.layers)}, "
-            f"tokens={self.get_seq_length()}, fused_mode={self.fused_mode})"
+            f"tokens={self.get_seq_length()}, sink_tokens={self.sink_tokens}, "
+            f"residual_length={self.residual_length}, fused_mode={self.fused_mode})"
         )

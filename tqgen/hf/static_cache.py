@@ -18,6 +18,16 @@ Unwritten slots hold norm 0 and decode to zero vectors.  Layers kept uncompresse
 Unlike :class:`~tqgen.hf.cache.CompressedDynamicCache`, a prompt attends over its compressed
 K/V (the dynamic cache's ``exact_prefill=False``): whether a chunk is the first is a length
 the compiled graph does not look at.
+
+Exact sinks (``sink_tokens``, default 4 as in the dynamic cache) fit fixed shapes: positions
+``[0, S)`` are written into an exact buffer of S + 1 slots and the others into the compressed
+buffers of ``max_cache_len - S + 1`` slots, each write sending the tokens that do not belong
+there to the last (scratch) slot, so one ``index_copy_`` per buffer serves every chunk.
+Attention reads the S exact slots and the ``max_cache_len - S`` compressed ones in one call
+(``tqgen::decode_attention_exact``; prompts over 16 tokens: the compressed slots decompressed
+by plain torch ops and the prefill kernel over the whole capacity).  A recent-token window
+(the dynamic cache's ``residual_length``) is not supported: it would roll a length-dependent
+block into the codes inside the graph.
 """
 
 from __future__ import annotations
@@ -31,8 +41,9 @@ from transformers.cache_utils import Cache, StaticLayer, StaticSlidingWindowLaye
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from tqgen.hf.backends import _check_supported, _is_causal
-from tqgen.hf.cache import SkipPolicy, _is_sliding, _window
+from tqgen.hf.cache import SINK_TOKENS, SkipPolicy, _is_sliding, _window, check_exact_options
 from tqgen.ops import library
+from tqgen.ops.exact_tokens import decompress_torch, exact_workspace_numel
 from tqgen.ops.library import attention_op
 from tqgen.turboquant import TurboQuant
 from tqgen.validation import check_bits
@@ -60,8 +71,9 @@ class CompressedStaticLayer(StaticLayer):
     ``update`` stores the new tokens and returns them unchanged: the backend reads the buffers.
     It refuses to run when the fused backend is not installed (``fused_mode`` False), since
     any other attention would then see only the new tokens.  With ``center_keys`` the keys are
-    stored minus the per-head mean of the first chunk after allocation or ``reset``
-    (``key_offset``, a fixed buffer), exact under softmax as in the dynamic cache.
+    stored minus the per-head mean of the first chunk after allocation or ``reset`` (its tokens
+    past the sinks; ``key_offset``, a fixed buffer), exact under softmax as in the dynamic cache.
+    The first ``sink_tokens`` positions stay exact in ``sink_keys``/``sink_values`` (module doc).
     """
 
     is_compileable = True
@@ -69,8 +81,11 @@ class CompressedStaticLayer(StaticLayer):
 
     def __init__(self, max_cache_len: int, key_quant: Callable[[int], TurboQuant],
                  value_quant: Callable[[int], TurboQuant], workspace: Callable[[torch.device, int], torch.Tensor],
-                 q_heads: int | None = None, center_keys: bool = True) -> None:
+                 q_heads: int | None = None, center_keys: bool = True, sink_tokens: int = 0) -> None:
         super().__init__(max_cache_len=max_cache_len)
+        self.sink_tokens = sink_tokens
+        # Compressed slots: positions [S, max_cache_len), plus a scratch slot when S > 0.
+        self.mid_len = max_cache_len - sink_tokens
         self._key_quant, self._value_quant, self._workspace = key_quant, value_quant, workspace
         self.q_heads = q_heads
         self.fused_mode = False
@@ -89,8 +104,11 @@ class CompressedStaticLayer(StaticLayer):
                 "one rotation; keep this layer uncompressed with skip_layers"
             )
         with torch.inference_mode(False):
-            shape = (self.batch_size, self.num_heads, self.max_cache_len)
+            shape = (self.batch_size, self.num_heads, self.mid_len + (1 if self.sink_tokens else 0))
             kw, vw = self.key_quant.packed_width, self.value_quant.packed_width
+            sinks = (self.batch_size, self.num_heads, self.sink_tokens + 1 if self.sink_tokens else 0)
+            self.sink_keys = torch.zeros(*sinks, self.k_head_dim, dtype=self.dtype, device=self.device)
+            self.sink_values = torch.zeros(*sinks, self.v_head_dim, dtype=self.dtype, device=self.device)
             self.k_packed = torch.zeros(*shape, kw, dtype=torch.uint8, device=self.device)
             self.k_norms = torch.zeros(shape, dtype=torch.float32, device=self.device)
             self.v_packed = torch.zeros(*shape, vw, dtype=torch.uint8, device=self.device)
@@ -105,10 +123,10 @@ class CompressedStaticLayer(StaticLayer):
             self.v_boundaries = self.value_quant.boundaries(self.device).to(torch.float32).clone()
             self.cumulative_length = self.cumulative_length.to(self.device)
         q_heads = self.q_heads or self.num_heads
+        numel = exact_workspace_numel if self.sink_tokens else library.decode_workspace_numel
         need = max(
-            library.decode_workspace_numel(self.batch_size, q_heads, self.num_heads, n_q, self.k_head_dim,
-                                           self.max_cache_len, self.key_quant.bits, self.value_quant.bits,
-                                           self.device, causal)
+            numel(self.batch_size, q_heads, self.num_heads, n_q, self.k_head_dim, self.mid_len,
+                  self.key_quant.bits, self.value_quant.bits, self.device, causal)
             for n_q in (1, library.DECODE_MAX_Q) for causal in (False, True)
         )
         # Uncompressed layers of the same shape (sliding, skipped) share the workspace too.
@@ -125,7 +143,12 @@ class CompressedStaticLayer(StaticLayer):
     def _tensors(self) -> list[torch.Tensor]:
         """Every tensor this layer allocated (the shared workspace excluded)."""
         return [self.k_packed, self.k_norms, self.v_packed, self.v_norms, self.k_centroids, self.v_centroids,
-                self.rotation, self.k_boundaries, self.v_boundaries, self.cumulative_length, self.key_offset]
+                self.rotation, self.k_boundaries, self.v_boundaries, self.cumulative_length, self.key_offset,
+                self.sink_keys, self.sink_values]
+
+    def _kv_tensors(self) -> list[torch.Tensor]:
+        """The K/V storage: codes, norms and the exact sinks."""
+        return [self.k_packed, self.k_norms, self.v_packed, self.v_norms, self.sink_keys, self.sink_values]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object,
                **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,11 +165,17 @@ class CompressedStaticLayer(StaticLayer):
         self.cumulative_length.add_(n)
         if self.center_keys:
             if self._offset_pending:  # the prompt (eager in generate): a Python-side, one-time step
-                self.key_offset.copy_(key_states.detach().float().mean(dim=2, keepdim=True))
+                past_sinks = key_states[:, :, self.sink_tokens if n > self.sink_tokens else 0:]
+                self.key_offset.copy_(past_sinks.detach().float().mean(dim=2, keepdim=True))
                 self._offset_pending = False
             key_states_stored = key_states - self.key_offset.to(key_states.dtype)
         else:
             key_states_stored = key_states
+        if self.sink_tokens:  # tokens that do not belong in a buffer go to its scratch slot
+            sink = self.sink_tokens
+            self.sink_keys.index_copy_(2, positions.clamp(max=sink), key_states)
+            self.sink_values.index_copy_(2, positions.clamp(max=sink), value_states)
+            positions = torch.where(positions >= sink, positions - sink, self.mid_len)
         kp, kn = torch.ops.tqgen.compress(key_states_stored, self.rotation, self.k_boundaries, self.key_quant.bits)
         vp, vn = torch.ops.tqgen.compress(value_states, self.rotation, self.v_boundaries, self.value_quant.bits)
         self.k_packed.index_copy_(2, positions, kp)
@@ -158,14 +187,33 @@ class CompressedStaticLayer(StaticLayer):
     def attend(self, query: torch.Tensor, mask: torch.Tensor | None, scaling: float | None,
                is_causal: bool) -> torch.Tensor:
         """Attention of ``query`` ``[B, H_q, N_q, D]`` over every slot of this layer (mask hides the unwritten)."""
-        return attention_op(query, self.k_packed, self.k_norms, self.k_centroids, self.key_quant.bits,
-                            self.v_packed, self.v_norms, self.v_centroids, self.value_quant.bits,
-                            self.rotation, mask, self.workspace, scaling, is_causal)
+        if not self.sink_tokens:
+            return attention_op(query, self.k_packed, self.k_norms, self.k_centroids, self.key_quant.bits,
+                                self.v_packed, self.v_norms, self.v_centroids, self.value_quant.bits,
+                                self.rotation, mask, self.workspace, scaling, is_causal)
+        mid, sink = slice(0, self.mid_len), slice(0, self.sink_tokens)
+        scale = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
+        offset = self.key_offset if self.center_keys else None
+        if query.shape[2] <= library.DECODE_MAX_Q:
+            return torch.ops.tqgen.decode_attention_exact(
+                query, self.k_packed[:, :, mid], self.k_norms[:, :, mid], self.k_centroids, self.key_quant.bits,
+                self.v_packed[:, :, mid], self.v_norms[:, :, mid], self.v_centroids, self.value_quant.bits,
+                self.rotation, mask, self.workspace, scale, is_causal,
+                self.sink_keys[:, :, sink], self.sink_values[:, :, sink], self.sink_tokens, offset)
+        # A long prompt: the whole capacity in the model's dtype through the prefill kernel.
+        keys = decompress_torch(self.k_packed[:, :, mid], self.k_norms[:, :, mid], self.key_quant.bits,
+                                self.k_centroids, self.rotation, offset, query.dtype)
+        values = decompress_torch(self.v_packed[:, :, mid], self.v_norms[:, :, mid], self.value_quant.bits,
+                                  self.v_centroids, self.rotation, None, query.dtype)
+        keys = torch.cat([self.sink_keys[:, :, sink], keys], dim=2)
+        values = torch.cat([self.sink_values[:, :, sink], values], dim=2)
+        return torch.ops.tqgen.prefill_attention(query, keys, None, None, 0, values, None, None, 0, None, mask,
+                                                 scale, is_causal)
 
     def reset(self) -> None:
         """Forget every token (zero the buffers in place: their addresses stay)."""
         if self.is_initialized:
-            for t in (self.k_packed, self.k_norms, self.v_packed, self.v_norms, self.key_offset):
+            for t in (*self._kv_tensors(), self.key_offset):
                 t.zero_()
         self.cumulative_length.zero_()
         self._offset_pending = self.center_keys
@@ -177,7 +225,7 @@ class CompressedStaticLayer(StaticLayer):
         return sum(t.numel() * t.element_size() for t in self._tensors())
 
     def _reindex_batch(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        for name in ("k_packed", "k_norms", "v_packed", "v_norms", "key_offset"):
+        for name in ("k_packed", "k_norms", "v_packed", "v_norms", "key_offset", "sink_keys", "sink_values"):
             buffer = getattr(self, name)
             buffer.copy_(fn(buffer))  # in place: the static addresses stay valid
 
@@ -201,6 +249,10 @@ class CompressedStaticCache(Cache):
         k_bits / v_bits: code widths of K and V (2, 3 or 4).
         skip_layers: layers kept uncompressed (indices, negative from the end, or a predicate).
         seed: rotation seed (42 = turboquant_vllm's).
+        center_keys: store keys minus the first chunk's per-head mean (exact under softmax).
+        sink_tokens: the first this many positions stay exact in the model's dtype (default 4,
+            as the dynamic cache; must be below ``max_cache_len``).
+        residual_length: must be 0: the static cache keeps no recent-token window (module doc).
 
     Buffers are allocated on the first ``update`` (the prompt), or ahead of time with
     ``early_initialization(batch_size, num_heads, head_dim, dtype, device)``.  Pass the cache to
@@ -215,9 +267,20 @@ class CompressedStaticCache(Cache):
         return self._max_cache_len
 
     def __init__(self, config: object, max_cache_len: int, *, k_bits: int = 4, v_bits: int = 4,
-                 skip_layers: SkipPolicy = None, seed: int = 42, center_keys: bool = True) -> None:
+                 skip_layers: SkipPolicy = None, seed: int = 42, center_keys: bool = True,
+                 sink_tokens: int = SINK_TOKENS, residual_length: int = 0) -> None:
         if isinstance(max_cache_len, bool) or not isinstance(max_cache_len, int) or max_cache_len < 1:
             raise ValueError(f"max_cache_len must be an int >= 1, got {max_cache_len!r}")
+        sink_tokens, residual_length, _ = check_exact_options(sink_tokens, residual_length, 1)
+        if residual_length:
+            raise NotImplementedError(
+                f"CompressedStaticCache keeps no exact recent-token window (residual_length={residual_length}): "
+                "rolling it into the codes needs shapes that change with the length; pass residual_length=0 "
+                "(exact sinks are supported), or use the dynamic cache"
+            )
+        if sink_tokens >= max_cache_len:
+            raise ValueError(f"sink_tokens ({sink_tokens}) must be below max_cache_len ({max_cache_len})")
+        self.sink_tokens = sink_tokens
         if config is None:
             raise ValueError("config is required: the cache builds every layer up front")
         self.k_bits = check_bits("k_bits", k_bits)
@@ -247,6 +310,7 @@ class CompressedStaticCache(Cache):
                     workspace=self._workspace,
                     q_heads=q_heads,
                     center_keys=center_keys,
+                    sink_tokens=sink_tokens,
                 ))
         super().__init__(layers=layers)
 
@@ -299,11 +363,11 @@ class CompressedStaticCache(Cache):
         return total
 
     def kv_nbytes(self) -> int:
-        """Bytes of the K/V storage alone (codes + norms, uncompressed layers' K/V)."""
+        """Bytes of the K/V storage alone (codes + norms and exact sinks, uncompressed layers' K/V)."""
         total = 0
         for layer in self.layers:
             if isinstance(layer, CompressedStaticLayer) and layer.is_initialized:
-                total += sum(t.numel() * t.element_size() for t in (layer.k_packed, layer.k_norms, layer.v_packed, layer.v_norms))
+                total += sum(t.numel() * t.element_size() for t in layer._kv_tensors())
             elif getattr(layer, "is_initialized", False):
                 total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values))
         return total
@@ -325,7 +389,7 @@ class CompressedStaticCache(Cache):
 
     def __repr__(self) -> str:
         return (f"CompressedStaticCache(k_bits={self.k_bits}, v_bits={self.v_bits}, layers={len(self.layers)}, "
-                f"max_cache_len={self.max_cache_len}, fused_mode={self.fused_mode})")
+                f"max_cache_len={self.max_cache_len}, sink_tokens={self.sink_tokens}, fused_mode={self.fused_mode})")
 
 
 # ------------------------------------------------------------------- backend
@@ -385,9 +449,17 @@ def install_static_cache(model: torch.nn.Module, cache: CompressedStaticCache) -
 
 
 def register_static_backend() -> None:
-    """Register ``triton_fa_tq_static`` with ``AttentionInterface`` and (``sdpa_mask``) ``AttentionMaskInterface``."""
+    """Register ``triton_fa_tq_static`` with ``AttentionInterface`` and (:func:`static_mask`) ``AttentionMaskInterface``."""
     AttentionInterface.register(TRITON_FA_TQ_STATIC, static_attention_forward)
-    AttentionMaskInterface.register(TRITON_FA_TQ_STATIC, sdpa_mask)
+    AttentionMaskInterface.register(TRITON_FA_TQ_STATIC, static_mask)
+
+
+def static_mask(*args: object, **kwargs: object) -> torch.Tensor | None:
+    """``sdpa_mask`` that always materialises the mask.  The backend reads every slot of the
+    capacity, so it cannot take ``mask=None`` + ``is_causal`` as SDPA does: transformers skips the
+    mask of an unpadded prompt, and the prompt then attended over the unwritten slots too."""
+    kwargs["allow_is_causal_skip"] = False
+    return sdpa_mask(*args, **kwargs)
 
 
 def cache_argument(model: torch.nn.Module) -> str:

@@ -170,13 +170,17 @@ def decode(
     sm_scale: float,
     mask: torch.Tensor | None = None,
     parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    extra_partial: Any = None,
 ) -> torch.Tensor:
     """Split-K decode: grid (splits, B * H_kv) writes partials, then ``reduce`` (the decode_reduce
     variant of ``spec``, :func:`tqgen.spec.reduce_spec`) merges them.
 
     ``parts``: caller-owned (acc, m, l) partials of at least the cached workspace's sizes, and
     optionally a flat fp32 scratch for the Hopper path's query planes (a static cache passes its
-    own so that captured graphs depend on no process-wide or per-stream buffer)."""
+    own so that captured graphs depend on no process-wide or per-stream buffer).
+    ``extra_partial(parts, capacity, slot)``: writes one more partial per row into slot ``slot``
+    (rows ``capacity`` slots apart), merged with the splits' (exact tokens:
+    :mod:`tqgen.ops.exact_tokens`); the workspace then has one slot more per row."""
     assert spec.family is Family.ATTN_DECODE
     batch, q_heads, n_q, head_dim = q.shape
     kv_heads, n_kv = k.shape[1], k.shape[2]
@@ -186,6 +190,8 @@ def decode(
     else:
         block_n, policy = config["BLOCK_N"], splits.policy_of(config)
     plan = splits.split_plan(batch * kv_heads, n_kv, block_n, policy, sm_count(q.device))
+    if extra_partial is not None:
+        plan = type(plan)(plan.num_splits, plan.kv_per_split, plan.capacity + 1)
     rows = batch * q_heads * n_q
     part_acc, part_m, part_l = parts[:3] if parts is not None else workspace(q.device, rows, head_dim, plan.capacity)
     scratch = parts[3] if parts is not None and len(parts) > 3 else None
@@ -208,8 +214,10 @@ def decode(
             BLOCK_M=decode_block_m(n_q, spec.group), BLOCK_N=block_n,
             num_warps=config["num_warps"], num_stages=config["num_stages"],
         )  # fmt: skip
+    if extra_partial is not None:
+        extra_partial((part_acc, part_m, part_l), plan.capacity, plan.num_splits)
     kernel(reduce)[(cdiv(rows, REDUCE_ROWS),)](
-        part_acc, part_m, part_l, plan.capacity, plan.num_splits,
+        part_acc, part_m, part_l, plan.capacity, plan.num_splits + (extra_partial is not None),
         out, *out.stride(),
         *([pi] if reduce.rotate else []),
         rows, q_heads, n_q,

@@ -1,0 +1,172 @@
+"""Exact tokens beside compressed K/V (tqgen.ops.exact_tokens): decode's extra split-K partial and
+prefill's decompress-and-concatenate route, against the float64 reference over the whole sequence.
+
+Every problem draws fresh random inputs (the seed is in the failure message); outputs are
+NaN-poisoned, so a row the kernels skip fails.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+import torch
+
+from tqgen.compressed import CompressedTensor
+from tqgen.ops.exact_tokens import ExactTokens, attention_with_exact, decode_attention_exact, exact_workspace_numel
+from tqgen.quant import lloyd_max_codebook, reference, rotation_matrix
+from tqgen.testing import assert_close, poison_
+
+D = 64
+
+
+def _compressed(x: torch.Tensor, bits: int, offset: torch.Tensor | None) -> tuple[CompressedTensor, torch.Tensor]:
+    """x (minus ``offset``) compressed with the float reference, and what it reads back as (+ offset, fp64)."""
+    codebook = lloyd_max_codebook(x.shape[-1], bits).to(x.device)
+    rotation = rotation_matrix(x.shape[-1], device=x.device)
+    stored = x.float() - offset if offset is not None else x.float()
+    packed, norms = reference.compress(stored, bits, rotation, codebook)
+    back = reference.decompress(packed, norms, bits, x.shape[-1], rotation, codebook, dtype=torch.float64)
+    if offset is not None:
+        back = back + offset.double()
+    return CompressedTensor(packed, norms, bits, x.shape[-1], codebook.centroids, rotation, offset), back
+
+
+def _problem(*, n_q, n_head, n_mid, n_tail, group=2, kv_heads=2, batch=2, k_bits=4, v_bits=4, center=True,
+             dtype=torch.float32, device="cpu"):
+    """(q, k_mid, v_mid, exact, whole K, whole V (fp64, what the reference reads), seed)."""
+    seed = secrets.randbits(31)
+    gen = torch.Generator().manual_seed(seed)
+    n = n_head + n_mid + n_tail
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+    q = randn(batch, kv_heads * group, n_q, D)
+    k = randn(batch, kv_heads, n, D) + 0.7 * randn(1, kv_heads, 1, D)  # keys share a direction, as in real models
+    v = randn(batch, kv_heads, n, D)
+    mid = slice(n_head, n_head + n_mid)
+    mu = k[:, :, mid].float().mean(2, keepdim=True) if center and k_bits and n_mid else None
+    k_in, k_mid_ref = _compressed(k[:, :, mid], k_bits, mu) if k_bits else (k[:, :, mid], k[:, :, mid].double())
+    v_in, v_mid_ref = _compressed(v[:, :, mid], v_bits, None) if v_bits else (v[:, :, mid], v[:, :, mid].double())
+    exact = ExactTokens(torch.cat([k[:, :, :n_head], k[:, :, n_head + n_mid:]], 2),
+                        torch.cat([v[:, :, :n_head], v[:, :, n_head + n_mid:]], 2), n_head)
+    k_ref = torch.cat([k[:, :, :n_head].double(), k_mid_ref, k[:, :, n_head + n_mid:].double()], 2)
+    v_ref = torch.cat([v[:, :, :n_head].double(), v_mid_ref, v[:, :, n_head + n_mid:].double()], 2)
+    return q, k_in, v_in, exact, k_ref, v_ref, seed
+
+
+def _run(q, k, v, exact, causal=False, mask=None, schedule="auto"):
+    out = poison_(torch.empty(q.shape, dtype=q.dtype, device=q.device))
+    result = attention_with_exact(q, k, v, exact, None, causal, mask, out=out, schedule=schedule)
+    assert result is out
+    return out
+
+
+@pytest.mark.parametrize("n_head,n_mid,n_tail", [(4, 1, 0), (1, 77, 0), (4, 130, 5), (0, 70, 33), (2, 200, 17)])
+@pytest.mark.parametrize("bits", [(4, 4), (3, None), (None, 2), (2, 3)], ids=["k4v4", "k3", "v2", "k2v3"])
+def test_decode_matches_float64_reference(n_head, n_mid, n_tail, bits, device):
+    """One decode step (and 3 query rows) over sinks + compressed middle + recent window, GQA, batch 2."""
+    for n_q in (1, 3):
+        q, k, v, exact, k_ref, v_ref, seed = _problem(n_q=n_q, n_head=n_head, n_mid=n_mid, n_tail=n_tail,
+                                                      k_bits=bits[0], v_bits=bits[1], device=device)
+        out = _run(q, k, v, exact)
+        assert_close(out, reference.reference_attention(q, k_ref, v_ref), q.dtype, f"n_q={n_q} seed={seed}")
+
+
+@pytest.mark.parametrize("group", [1, 4, 8])
+def test_gqa_groups_and_fp16(group, device):
+    q, k, v, exact, k_ref, v_ref, seed = _problem(n_q=2, n_head=4, n_mid=101, n_tail=9, group=group, kv_heads=1,
+                                                  batch=1, dtype=torch.float16, device=device)
+    assert_close(_run(q, k, v, exact), reference.reference_attention(q, k_ref, v_ref), q.dtype, f"seed={seed}")
+
+
+@pytest.mark.parametrize("n_tail", [0, 2, 7, 20])
+def test_causal_over_the_whole_sequence(n_tail, device):
+    """Bottom-right causal alignment over head + middle + tail, for N_q up to 9 (decode) and 40 (prefill):
+    with a short tail the middle needs its own causal mask, with a long one it is fully visible."""
+    for n_q in (9, 40):
+        n_mid = 90 if n_q <= 16 else 120
+        q, k, v, exact, k_ref, v_ref, seed = _problem(n_q=n_q, n_head=3, n_mid=n_mid, n_tail=n_tail, device=device)
+        out = _run(q, k, v, exact, causal=True)
+        expected = reference.reference_attention(q, k_ref, v_ref, causal=True)
+        assert_close(out, expected, q.dtype, f"n_q={n_q} n_tail={n_tail} seed={seed}")
+
+
+@pytest.mark.parametrize("kind", ["bool_padding", "bool_per_head", "additive"])
+def test_masks_apply_at_true_positions(kind, device):
+    """Mask column j is token j of the whole sequence: sinks, middle and window alike."""
+    n_head, n_mid, n_tail, n_q = 4, 75, 11, 2
+    q, k, v, exact, k_ref, v_ref, seed = _problem(n_q=n_q, n_head=n_head, n_mid=n_mid, n_tail=n_tail, device=device)
+    n = n_head + n_mid + n_tail
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "bool_padding":
+        mask = torch.ones(2, 1, 1, n, dtype=torch.bool)
+        mask[1, :, :, :6] = False  # a left-padded row: its sinks and a few compressed tokens are hidden
+        mask[0, :, :, -3:] = False
+    elif kind == "bool_per_head":
+        mask = torch.rand(2, q.shape[1], n_q, n, generator=gen) > 0.3
+    else:
+        mask = torch.randn(2, 1, n_q, n, generator=gen) * 2
+        mask[:, :, :, 1] = torch.finfo(torch.float32).min
+    mask = mask.to(device)
+    out = _run(q, k, v, exact, mask=mask)
+    assert_close(out, reference.reference_attention(q, k_ref, v_ref, mask=mask), q.dtype, f"{kind} seed={seed}")
+
+
+def test_chunked_prefill_route(device):
+    """N_q > 16: the middle is decompressed and the whole sequence goes through the prefill kernel."""
+    q, k, v, exact, k_ref, v_ref, seed = _problem(n_q=37, n_head=4, n_mid=150, n_tail=37, device=device)
+    out = _run(q, k, v, exact, causal=True)
+    assert_close(out, reference.reference_attention(q, k_ref, v_ref, causal=True), q.dtype, f"seed={seed}")
+
+
+def test_only_exact_tokens_and_no_exact_tokens(device):
+    """An empty middle (a prompt shorter than the sinks) and an empty exact set (sinks off)."""
+    q, k, v, exact, k_ref, v_ref, seed = _problem(n_q=1, n_head=3, n_mid=0, n_tail=0, center=False, device=device)
+    assert_close(_run(q, k, v, exact), reference.reference_attention(q, k_ref, v_ref), q.dtype, f"seed={seed}")
+    q, k, v, exact, k_ref, v_ref, seed = _problem(n_q=2, n_head=0, n_mid=70, n_tail=0, device=device)
+    assert_close(_run(q, k, v, exact), reference.reference_attention(q, k_ref, v_ref), q.dtype, f"seed={seed}")
+
+
+def test_centring_is_consistent(device):
+    """The compressed keys hold k - mu; the exact tokens' scores must drop q . mu too (a large mu
+    would otherwise shift the sinks' weight by exp(q . mu))."""
+    q, k, v, exact, k_ref, v_ref, seed = _problem(n_q=1, n_head=4, n_mid=90, n_tail=4, device=device)
+    shift = 3.0 * torch.randn(1, k.shape[1], 1, D, generator=torch.Generator().manual_seed(seed)).to(device)
+    k = CompressedTensor(k.packed, k.norms, k.bits, k.head_dim, k.centroids, k.rotation, k.offset + shift)
+    exact = ExactTokens(exact.keys + shift.to(exact.keys.dtype), exact.values, exact.n_head)
+    k_ref = k_ref + shift.double()
+    assert_close(_run(q, k, v, exact), reference.reference_attention(q, k_ref, v_ref), q.dtype, f"seed={seed}")
+
+
+def test_custom_op_with_a_caller_workspace(device):
+    """``tqgen::decode_attention_exact`` (the static cache's op) over a caller-owned workspace."""
+    q, k, v, exact, k_ref, v_ref, seed = _problem(n_q=1, n_head=4, n_mid=120, n_tail=0, device=device)
+    n = 4 + 120
+    mask = torch.ones(2, 1, 1, n, dtype=torch.bool, device=device)
+    mask[0, ..., 100:] = False
+    numel = exact_workspace_numel(2, q.shape[1], 2, 1, D, 120, 4, 4, device)
+    workspace = torch.full((numel,), float("nan"), device=device)
+    out = torch.ops.tqgen.decode_attention_exact(
+        q, k.packed, k.norms, k.centroids.to(q.dtype), 4, v.packed, v.norms, v.centroids.to(q.dtype), 4,
+        k.rotation, mask, workspace, D ** -0.5, False, exact.keys, exact.values, 4, k.offset)
+    assert_close(out, reference.reference_attention(q, k_ref, v_ref, mask=mask), q.dtype, f"seed={seed}")
+    with pytest.raises(ValueError, match="workspace"):
+        torch.ops.tqgen.decode_attention_exact(
+            q, k.packed, k.norms, k.centroids, 4, v.packed, v.norms, v.centroids, 4, k.rotation, mask,
+            workspace[:10], D ** -0.5, False, exact.keys, exact.values, 4, k.offset)
+
+
+def test_bad_exact_tokens_are_refused(device):
+    q, k, v, exact, *_ = _problem(n_q=1, n_head=2, n_mid=10, n_tail=3, device=device)
+    with pytest.raises(ValueError, match="n_head"):
+        attention_with_exact(q, k, v, ExactTokens(exact.keys, exact.values, 6))
+    with pytest.raises(TypeError, match="dtype"):
+        attention_with_exact(q, k, v, ExactTokens(exact.keys.half(), exact.values, 2))
+    with pytest.raises(ValueError, match=r"\[B, H_kv, E, D\]"):
+        attention_with_exact(q, k, v, ExactTokens(exact.keys[:1], exact.values[:1], 2))
+    with pytest.raises(TypeError, match="ExactTokens"):
+        attention_with_exact(q, k, v, (exact.keys, exact.values))
+    with pytest.raises(ValueError, match="attention_mask"):
+        attention_with_exact(q, k, v, exact, attention_mask=torch.ones(1, 1, 1, 10, dtype=torch.bool))

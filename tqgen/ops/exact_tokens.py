@@ -1,0 +1,431 @@
+"""Exact tokens beside a compressed K/V sequence: attention sinks and a recent-token window.
+
+A compressed cache may keep a few tokens in the model's own dtype: the first ones (attention
+sinks, which draw a large share of attention and lose the most to quantisation) and the most
+recent ones.  :class:`ExactTokens` carries them, and :func:`attention_with_exact` attends over
+``[head exact tokens, compressed middle, tail exact tokens]`` in one call:
+
+* decode (N_q <= 16): the split-K decode kernel (Triton, or the Hopper Gluon kernel) walks the
+  compressed middle once and writes its per-split partials; :func:`exact_partial_kernel` writes
+  the exact tokens' partial into one more workspace slot (``num_splits``), in the same format
+  (fp32 acc in the rotated space when V is compressed, row max m and sum l in base-2 units),
+  and the unchanged ``decode_reduce`` merges ``num_splits + 1`` partials.
+* prefill (N_q > 16): the compressed middle is decompressed and the vanilla prefill kernel runs
+  over the concatenation (same softmax up to rounding: decompression adds the key offset back,
+  and the offset only shifts every score of a query by ``q . mu``).
+
+Compressed keys may be stored centred (``CompressedTensor.offset`` = mu): their scores lack the
+constant ``q . mu``.  The exact partial then scores ``q . (k - mu)`` so that both sides of the
+log-sum-exp merge drop the same constant.  Masks and causal alignment apply to every token at
+its position in the whole sequence (mask column ``j`` is token ``j`` of head + middle + tail).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from tqgen.compressed import CompressedTensor
+from tqgen.spec import DECODE_MAX_Q
+from tqgen.validation import FLOAT_DTYPES, check_shape, check_tensor, forward_only, wants_grad
+
+__all__ = ["ExactTokens", "attention_with_exact", "decode_attention_exact", "exact_workspace_numel"]
+
+LOG2E = 1.4426950408889634
+BLOCK_N = 32  # exact tokens per tile
+
+
+@dataclass(frozen=True)
+class ExactTokens:
+    """Tokens kept uncompressed beside a compressed K/V sequence.
+
+    Attributes:
+        keys, values: ``[B, H_kv, E, D]`` in the query's dtype (any strides with a unit last-dim
+            stride), the raw (not centred) keys.
+        n_head: how many of the E tokens come before the compressed ones (the sinks); the other
+            ``E - n_head`` come after them (the recent window).  Token order in the sequence:
+            ``keys[:, :, :n_head]``, then the compressed tokens, then ``keys[:, :, n_head:]``.
+    """
+
+    keys: Tensor
+    values: Tensor
+    n_head: int
+
+    @property
+    def count(self) -> int:
+        return self.keys.shape[2]
+
+
+# ------------------------------------------------------------------- kernel
+@triton.jit(do_not_specialize=["N_Q", "N_HEAD", "N_MID", "N_EXACT", "slot"])
+def exact_partial_kernel(
+    Q, stride_qb, stride_qh, stride_qm, stride_qd,  # [B, H_q, N_q, D]
+    EK, stride_kb, stride_kh, stride_kn, stride_kd,  # exact keys [B, H_kv, E, D]
+    EV, stride_vb, stride_vh, stride_vn, stride_vd,  # exact values [B, H_kv, E, D]
+    Mu, stride_mub, stride_muh,  # fp32 key offset [B, H_kv, 1, D] (when HAS_MU)
+    Pi,  # fp32 [D, D] rotation (when ROTATE): the partial's acc is acc @ Pi^T
+    Part_acc, Part_m, Part_l, max_splits, slot,  # fp32 partials [B, H_q, N_q, max_splits(, D)]
+    Mask, stride_mb, stride_mh, stride_mm, stride_mn,  # over the whole sequence [B, H_q, N_q, N_total]
+    qk_scale,  # sm_scale * log2(e)
+    N_Q, N_HEAD, N_MID, N_EXACT, H_KV,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    HAS_MU: tl.constexpr, ROTATE: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program per (b, kv_head): every query row of the KV head against every exact token,
+    in fp32, written as one split-K partial (slot ``slot``) for ``decode_reduce``."""
+    pid_bh = tl.program_id(0)
+    b = (pid_bh // H_KV).to(tl.int64)
+    kv_head = pid_bh % H_KV
+    rows = tl.arange(0, BLOCK_M)  # row r -> query position r // GROUP, head r % GROUP
+    q_pos = rows // GROUP
+    q_head = kv_head * GROUP + rows % GROUP
+    row_ok = rows < N_Q * GROUP
+    d = tl.arange(0, D_PAD)
+    d_ok = d < HEAD_DIM
+    q_ptrs = Q + b * stride_qb + q_head[:, None] * stride_qh + q_pos[:, None] * stride_qm + d[None, :] * stride_qd
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+    if HAS_MU:
+        mu = tl.load(Mu + b * stride_mub + kv_head * stride_muh + d, mask=d_ok, other=0.0)
+    k_base = EK + b * stride_kb + kv_head * stride_kh
+    v_base = EV + b * stride_vb + kv_head * stride_vh
+    mask_rows = Mask + b * stride_mb + q_head * stride_mh + q_pos * stride_mm
+    n_total = N_MID + N_EXACT
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    for start in range(0, N_EXACT, BLOCK_N):
+        e = start + tl.arange(0, BLOCK_N)
+        e_ok = e < N_EXACT
+        kv_ok = e_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_base + e[:, None] * stride_kn + d[None, :] * stride_kd, mask=kv_ok, other=0.0).to(tl.float32)
+        if HAS_MU:
+            k = k - mu[None, :]  # the compressed keys are centred: score q . (k - mu) like them
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+        col = tl.where(e < N_HEAD, e, e + N_MID)  # the token's position in the whole sequence
+        visible = row_ok[:, None] & e_ok[None, :]
+        if CAUSAL:  # bottom-right aligned over the whole sequence
+            visible = visible & (col[None, :] <= (q_pos + n_total - N_Q)[:, None])
+        if HAS_MASK:
+            mask_tile = tl.load(mask_rows[:, None] + col[None, :] * stride_mn, mask=visible, other=0)
+            if MASK_IS_BOOL:
+                visible = visible & (mask_tile != 0)
+            else:  # natural-log units to base 2, saturating like the decode kernels
+                mask_f = mask_tile.to(tl.float32)
+                mask_abs = tl.abs(mask_f)
+                mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
+                mask_log2 = mask_sat * 1.4426950408889634 + (mask_abs - mask_sat) * 0.5
+                s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_ref)
+        p = tl.math.exp2(s - m_ref[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+        v = tl.load(v_base + e[:, None] * stride_vn + d[None, :] * stride_vd, mask=kv_ok, other=0.0).to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+    if ROTATE:  # into the rotated space of the compressed V's partials: y = x @ Pi^T
+        pi_t = tl.load(Pi + d[None, :] * HEAD_DIM + d[:, None], mask=d_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = tl.dot(acc, pi_t, input_precision="ieee")
+    part = ((b * H_KV * GROUP + q_head) * N_Q + q_pos) * max_splits + slot
+    tl.store(Part_m + part, m_i, mask=row_ok)
+    tl.store(Part_l + part, l_i, mask=row_ok)
+    tl.store(Part_acc + part[:, None] * HEAD_DIM + d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
+
+
+@functools.lru_cache(maxsize=1)
+def _lean_kernel():
+    from tqgen.ops.launch import LeanKernel
+
+    return LeanKernel(exact_partial_kernel)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def write_exact_partial(
+    q: Tensor,
+    exact: ExactTokens,
+    n_mid: int,
+    key_offset: Tensor | None,
+    rotation: Tensor | None,
+    parts: tuple[Tensor, Tensor, Tensor],
+    capacity: int,
+    slot: int,
+    qk_scale: float,
+    mask: Tensor | None,
+    causal: bool,
+) -> None:
+    """Write the exact tokens' split-K partial into slot ``slot`` of ``parts`` (one launch).
+
+    ``mask``: None or broadcast to ``[B, H_q, N_q, n_head + n_mid + n_tail]`` (the whole sequence);
+    ``rotation``: Pi when V is compressed (the partial is then in the rotated space), else None;
+    ``key_offset``: the compressed keys' offset (fp32 ``[B, H_kv, 1, D]``) or None."""
+    batch, q_heads, n_q, head_dim = q.shape
+    kv_heads = exact.keys.shape[1]
+    group = q_heads // kv_heads
+    part_acc, part_m, part_l = parts
+    ek, ev = exact.keys, exact.values
+    if mask is None:
+        margs, has_mask, is_bool = [q, 0, 0, 0, 0], False, False
+    else:
+        m = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+        margs, has_mask, is_bool = [m, *m.stride()], True, mask.dtype == torch.bool
+    mu = key_offset if key_offset is not None else q
+    mu_strides = (key_offset.stride(0), key_offset.stride(1)) if key_offset is not None else (0, 0)
+    pi = rotation if rotation is not None else q
+    _lean_kernel()[(batch * kv_heads,)](
+        q, *q.stride(),
+        ek, *ek.stride(),
+        ev, *ev.stride(),
+        mu, *mu_strides,
+        pi,
+        part_acc, part_m, part_l, capacity, slot,
+        *margs,
+        qk_scale,
+        n_q, exact.n_head, n_mid, exact.count, kv_heads,
+        GROUP=group, HEAD_DIM=head_dim, D_PAD=max(16, _next_pow2(head_dim)),
+        HAS_MU=key_offset is not None, ROTATE=rotation is not None, CAUSAL=bool(causal),
+        HAS_MASK=has_mask, MASK_IS_BOOL=is_bool,
+        BLOCK_M=max(16, _next_pow2(n_q * group)), BLOCK_N=BLOCK_N,
+        num_warps=4, num_stages=1,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------- the split of a call
+def _middle_causal(n_q: int, n_mid: int, n_tail: int, device: torch.device) -> tuple[bool, Tensor | None]:
+    """How the compressed middle sees a bottom-right causal mask over the whole sequence.
+
+    Query i sees middle token j' iff ``j' <= i + n_mid - N_q + n_tail``: the middle kernel's own
+    causal alignment when no exact token follows it; nothing hidden when at least N_q - 1 do;
+    otherwise an explicit bool ``[N_q, n_mid]`` mask (returned second)."""
+    if n_tail == 0:
+        return True, None
+    if n_tail >= n_q - 1:
+        return False, None
+    i = torch.arange(n_q, device=device)[:, None]
+    j = torch.arange(n_mid, device=device)[None, :]
+    return False, j <= i + (n_mid - n_q + n_tail)
+
+
+def _combine(mask: Tensor | None, extra: Tensor | None) -> Tensor | None:
+    """``mask`` (bool or additive) restricted further by the bool ``extra`` (broadcastable)."""
+    if extra is None:
+        return mask
+    if mask is None:
+        return extra
+    if mask.dtype == torch.bool:
+        return mask & extra
+    return mask.masked_fill(~extra, float("-inf"))
+
+
+def split_call(
+    q: Tensor, n_mid: int, exact: ExactTokens, is_causal: bool, mask: Tensor | None
+) -> tuple[bool, Tensor | None, bool, Tensor | None]:
+    """(is_causal, mask) for the compressed middle and (is_causal, mask) for the exact partial,
+    from a call's causal flag and its mask over the whole sequence (broadcast to 4-d)."""
+    n_head, n_tail = exact.n_head, exact.count - exact.n_head
+    mid_mask = None if mask is None else mask[..., n_head:n_head + n_mid]
+    mid_causal = False
+    if is_causal:
+        mid_causal, explicit = _middle_causal(q.shape[2], n_mid, n_tail, q.device)
+        mid_mask = _combine(mid_mask, explicit)
+    return mid_causal, mid_mask, bool(is_causal), mask
+
+
+# ----------------------------------------------------------------- checks
+def check_exact(exact: object, q: Tensor, k: object) -> ExactTokens:
+    """``exact`` is an :class:`ExactTokens` whose tensors match q (dtype, device, D) and k (B, H_kv)."""
+    if not isinstance(exact, ExactTokens):
+        raise TypeError(f"exact must be an ExactTokens, got {type(exact).__name__}")
+    batch, _, _, head_dim = q.shape
+    kv_heads = k.shape[1] if isinstance(k, (Tensor, CompressedTensor)) else None
+    for name, t in (("exact.keys", exact.keys), ("exact.values", exact.values)):
+        check_tensor(name, t, ndim=4, dtypes=FLOAT_DTYPES)
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+        check_shape(name, t, (batch, kv_heads, exact.keys.shape[2], head_dim), "[B, H_kv, E, D] (k's B and H_kv)")
+        if t.shape[2] and t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a unit stride along its last dim, got strides {t.stride()}")
+    n_head = exact.n_head
+    if isinstance(n_head, bool) or not isinstance(n_head, int) or not 0 <= n_head <= exact.count:
+        raise ValueError(f"exact.n_head must be an int in [0, {exact.count}] (the exact token count), got {n_head!r}")
+    return exact
+
+
+def _check_whole_mask(mask: object, q: Tensor, n_total: int) -> Tensor | None:
+    from tqgen.attention import _check_mask
+
+    return _check_mask(mask, q, n_total)
+
+
+# ---------------------------------------------------------------- eager entry
+def _decompressed(x: Tensor | CompressedTensor, dtype: torch.dtype) -> Tensor:
+    """``x`` in the original space (keys with their offset added back), in ``dtype``."""
+    if not isinstance(x, CompressedTensor):
+        return x
+    from tqgen.turboquant import decompress_into
+
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    norms = x.norms.squeeze(-1) if x.norms.dim() == 4 else x.norms
+    decompress_into(x.packed, norms, x.centroids, x.rotation, out, bits=x.bits, rotated=False)
+    if x.offset is not None:
+        out += x.offset.to(dtype)
+    return out
+
+
+def _whole(exact: ExactTokens, middle: Tensor) -> Tensor:
+    return torch.cat([exact.keys[:, :, :exact.n_head], middle, exact.keys[:, :, exact.n_head:]], dim=2)
+
+
+def attention_with_exact(
+    q: Tensor,
+    k: Tensor | CompressedTensor,
+    v: Tensor | CompressedTensor,
+    exact: ExactTokens,
+    sm_scale: float | None = None,
+    is_causal: bool = False,
+    attention_mask: Tensor | None = None,
+    *,
+    out: Tensor | None = None,
+    schedule: str = "auto",
+) -> Tensor:
+    """Attention over ``[exact head tokens, k/v (compressed or plain), exact tail tokens]``.
+
+    Same arguments as :func:`tqgen.attention` (which calls this for ``exact=``), with
+    ``attention_mask`` and ``is_causal`` over the whole sequence of ``exact.count + N_kv`` tokens.
+    Decode (N_q <= 16) reads the compressed tokens once, in the split-K kernel, and the exact
+    tokens in one small kernel writing one more partial; prefill decompresses the compressed
+    tokens and runs the vanilla prefill kernel over the whole sequence (see the module doc).
+    """
+    from tqgen.attention import attention
+    from tqgen.ops.attention import as_dtype
+
+    if not isinstance(exact, ExactTokens):
+        raise TypeError(f"exact must be an ExactTokens, got {type(exact).__name__}")
+    if wants_grad(q, k, v, attention_mask, exact.keys, exact.values):
+        return forward_only("tqgen.attention", lambda: attention_with_exact(
+            q, k, v, exact, sm_scale, is_causal, attention_mask, schedule=schedule),
+            q, k, v, attention_mask, exact.keys, exact.values, out=out)
+    q = check_tensor("q", q, ndim=4, dtypes=FLOAT_DTYPES)
+    exact = check_exact(exact, q, k)
+    if exact.count == 0:
+        return attention(q, k, v, sm_scale, is_causal, attention_mask, out=out, schedule=schedule)
+    n_mid = k.shape[2]
+    mask = _check_whole_mask(attention_mask, q, n_mid + exact.count)
+    if n_mid == 0:  # nothing compressed: the exact tokens are the whole sequence, in order
+        return attention(q, exact.keys, exact.values, sm_scale, is_causal, mask, out=out, schedule=schedule)
+    decode = q.shape[2] <= DECODE_MAX_Q if schedule == "auto" else schedule == "decode"
+    if not decode:
+        keys = _whole(exact, _decompressed(k, q.dtype))
+        values = torch.cat([exact.values[:, :, :exact.n_head], _decompressed(v, q.dtype),
+                            exact.values[:, :, exact.n_head:]], dim=2)
+        return attention(q, keys, values, sm_scale, is_causal, mask, out=out, schedule=schedule)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
+    mid_causal, mid_mask, ex_causal, ex_mask = split_call(q, n_mid, exact, is_causal, mask)
+    key_offset = k.offset if isinstance(k, CompressedTensor) else None
+    rotation = as_dtype(v.rotation, torch.float32) if isinstance(v, CompressedTensor) else None
+    if key_offset is not None:
+        key_offset = as_dtype(key_offset, torch.float32)
+
+    def write(parts: tuple[Tensor, Tensor, Tensor], capacity: int, slot: int) -> None:
+        write_exact_partial(q, exact, n_mid, key_offset, rotation, parts, capacity, slot, scale * LOG2E,
+                            ex_mask, ex_causal)
+
+    return attention(q, k, v, sm_scale, mid_causal, mid_mask, out=out, schedule="decode", extra_partial=write)
+
+
+# ------------------------------------------------- the static cache's custom op
+def exact_workspace_numel(batch: int, q_heads: int, kv_heads: int, n_q: int, head_dim: int, n_kv: int,
+                          k_bits: int, v_bits: int, device: torch.device | str, is_causal: bool = False) -> int:
+    """fp32 elements ``tqgen::decode_attention_exact`` needs: the decode workspace plus one slot per row."""
+    from tqgen.ops import library
+
+    base = library.decode_workspace_numel(batch, q_heads, kv_heads, n_q, head_dim, n_kv, k_bits, v_bits, device,
+                                          is_causal)
+    return base + batch * q_heads * n_q * (head_dim + 2)
+
+
+@torch.library.custom_op("tqgen::decode_attention_exact", mutates_args=("workspace",))
+def decode_attention_exact(
+    q: Tensor, k: Tensor, k_norms: Optional[Tensor], k_centroids: Optional[Tensor], k_bits: int,
+    v: Tensor, v_norms: Optional[Tensor], v_centroids: Optional[Tensor], v_bits: int,
+    rotation: Optional[Tensor], mask: Optional[Tensor], workspace: Tensor, sm_scale: float, is_causal: bool,
+    exact_k: Tensor, exact_v: Tensor, n_head: int, key_offset: Optional[Tensor],
+) -> Tensor:
+    """``tqgen::decode_attention`` with exact tokens (``exact_k``/``exact_v`` ``[B, H_kv, E, D]``, the
+    first ``n_head`` before the compressed ``k``/``v``); ``mask`` spans the whole sequence."""
+    from tqgen.ops import attention as attention_ops
+    from tqgen.ops import library
+    from tqgen.spec import Family, reduce_spec
+    from tqgen.tuning import launch_config, shape_bucket
+
+    batch, q_heads, n_q, head_dim = q.shape
+    kv_heads, n_mid = k.shape[1], k.shape[2]
+    if n_q > DECODE_MAX_Q:
+        raise ValueError(f"tqgen::decode_attention_exact takes at most {DECODE_MAX_Q} query positions, got {n_q}")
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    exact = ExactTokens(exact_k, exact_v, n_head)
+    whole = None if mask is None else mask[(None,) * (4 - mask.dim())].expand(*q.shape[:3], n_mid + exact.count)
+    mid_causal, mid_mask, ex_causal, ex_mask = split_call(q, n_mid, exact, is_causal, whole)
+    kk = library._operand("k", k, k_norms, k_centroids, k_bits, rotation, q.dtype, head_dim)
+    vv = library._operand("v", v, v_norms, v_centroids, v_bits, rotation, q.dtype, head_dim)
+    spec = library._spec(Family.ATTN_DECODE, q, k_bits, v_bits, kv_heads, mid_causal)
+    config = launch_config(spec, q.device, shape_bucket(spec, n_q, n_mid, batch * kv_heads))
+    capacity = library._split_capacity(spec, config, q.device, batch * kv_heads) + 1
+    rows = batch * q_heads * n_q
+    need = rows * capacity * (head_dim + 2)
+    if workspace.dtype != torch.float32 or workspace.dim() != 1 or workspace.numel() < need:
+        raise ValueError(
+            f"workspace must be a flat fp32 tensor of at least {need} elements for this call "
+            f"(exact_workspace_numel), got {workspace.dtype} {tuple(workspace.shape)}"
+        )
+    acc_end = rows * capacity * head_dim
+    parts = (workspace[:acc_end], workspace[acc_end:acc_end + rows * capacity],
+             workspace[acc_end + rows * capacity:need])
+    scale = float(sm_scale)
+    pi = rotation.to(torch.float32) if v_bits else None
+
+    def write(parts: tuple[Tensor, Tensor, Tensor], capacity: int, slot: int) -> None:
+        write_exact_partial(q, exact, n_mid, key_offset, pi, parts, capacity, slot, scale * LOG2E, ex_mask, ex_causal)
+
+    reduce = reduce_spec(spec)
+    attention_ops.decode(spec, config, reduce, launch_config(reduce, q.device), q, kk, vv, out, scale, mid_mask,
+                         parts, extra_partial=write)
+    return out
+
+
+@decode_attention_exact.register_fake
+def _decode_attention_exact_fake(q, k, k_norms, k_centroids, k_bits, v, v_norms, v_centroids, v_bits, rotation,
+                                 mask, workspace, sm_scale, is_causal, exact_k, exact_v, n_head, key_offset):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def decompress_torch(packed: Tensor, norms: Tensor, bits: int, centroids: Tensor, rotation: Tensor,
+                     offset: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """Decompressed vectors ``[B, H, N, D]`` in ``dtype`` from plain torch ops (``torch.compile`` traces
+    them; the static cache's prefill over exact tokens uses it): ``n * c[idx] @ Pi (+ offset)``."""
+    from tqgen.quant.packing import unpack
+
+    head_dim = rotation.shape[0]
+    idx = unpack(packed, bits, head_dim).long()
+    values = centroids.to(torch.float32)[idx] * norms.to(torch.float32).unsqueeze(-1)
+    values = values @ rotation.to(torch.float32)
+    if offset is not None:
+        values = values + offset.to(torch.float32)
+    return values.to(dtype)
