@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 Config = dict[str, int]
 
 
-@dataclass(frozen=True)
-class SplitPolicy:
-    """Split until ``waves`` waves of SMs are covered, each split at least ``min_tokens`` keys."""
+class SplitPolicy(NamedTuple):
+    """Split until ``waves`` waves of SMs are covered, each split at least ``min_tokens`` keys.
+    (A tuple: the decode launcher makes one per call.)"""
 
     min_tokens: int
     waves: int
