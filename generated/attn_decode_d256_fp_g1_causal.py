@@ -21,6 +21,71 @@ GROUP = tl.constexpr(1)  # query heads per KV head
 LOG2E = tl.constexpr(1.4426950408889634)
 
 
+@triton.jit
+def _kv_tile(
+    m_i, l_i, acc,  # running row max (base 2), sum and accumulator
+    start_n, kv_hi,  # the tile's first key; keys at or past kv_hi are out of range
+    q,  # the query tile
+    k_base, stride_kn, stride_kd,  # K of this program's KV head
+    v_base, stride_vn, stride_vd,  # V of this program's KV head
+    d,  # tl.arange over the head dim
+    mask_rows, stride_mn, row_ok, q_pos, N_Q, N_KV,  # the rows' mask and causal diagonal
+    qk_scale,  # sm_scale * log2(e)
+    HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, BLOCK_N: tl.constexpr, BOUNDARY: tl.constexpr,
+):
+    """One tile of BLOCK_N keys from start_n: scores, masking, online softmax, accumulate.
+
+    Full tiles (BOUNDARY=False) lie inside the range and below every row's causal diagonal,
+    so they load and score without any mask; boundary tiles mask the keys out of range or
+    after the diagonal.
+    Returns the updated row max, sum and accumulator.
+    """
+    dtype = q.dtype
+    cols = start_n + tl.arange(0, BLOCK_N)
+    if BOUNDARY:
+        col_ok = cols < kv_hi  # keys at or past kv_hi (the end of the range) read as 0, score -inf
+    else:
+        # A full tile: every key exists and every row sees it.  col_ok is a constant True, which
+        # the compiler drops from every load and tl.where below: nothing is masked.
+        col_ok = tl.full([BLOCK_N], True, tl.int1)
+
+    # -- scores: S = Q K^T * sm_scale * log2(e), K read transposed as a [HEAD_DIM, BLOCK_N] tile
+    k_tile = tl.load(k_base + cols[None, :] * stride_kn + d[:, None] * stride_kd, mask=col_ok[None, :], other=0.0)
+    s = tl.dot(q, k_tile) * qk_scale
+
+    # -- what each row may see: keys out of range or after the diagonal, and those the mask hides, score -inf
+    visible = col_ok[None, :]
+    if BOUNDARY:
+        # bottom-right causal: query position i sees keys j <= i + N_KV - N_Q
+        visible = visible & (cols[None, :] <= (q_pos + N_KV - N_Q)[:, None])
+    if HAS_MASK:
+        mask_tile = tl.load(mask_rows[:, None] + cols[None, :] * stride_mn, mask=row_ok[:, None] & col_ok[None, :], other=0)
+        if MASK_IS_BOOL:
+            visible = visible & (mask_tile != 0)
+        else:
+            mask_f = mask_tile.to(tl.float32)
+            mask_abs = tl.abs(mask_f)
+            mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
+            mask_log2 = mask_sat * LOG2E + (mask_abs - mask_sat) * 0.5
+            s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
+    s = tl.where(visible, s, float("-inf"))
+
+    # -- online softmax in base 2: P = 2^(S - m_new), and what was accumulated is rescaled by
+    # alpha = 2^(m_old - m_new).  A row that has seen no visible key yet keeps m = -inf and p = 0.
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_ref)
+    p = tl.math.exp2(s - m_ref[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    m_i = m_new
+
+    # -- accumulate: acc = acc * alpha + P V
+    v_tile = tl.load(v_base + cols[:, None] * stride_vn + d[None, :] * stride_vd, mask=col_ok[:, None], other=0.0)
+    acc = tl.dot(p.to(dtype), v_tile, acc * alpha[:, None])
+
+    return m_i, l_i, acc
+
+
 @triton.jit(do_not_specialize=["N_Q", "N_KV", "kv_per_split"])
 def attn_decode_kernel(
     Q, stride_qb, stride_qh, stride_qm, stride_qd,  # [B, H_q, N_q, D]
@@ -52,83 +117,45 @@ def attn_decode_kernel(
     # -- prologue: the query tile
     q = tl.load(q_rows[:, None] + d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
 
-    # -- the keys this program visits: [kv_lo, kv_hi); those below kv_full are seen by every row
+    # -- the keys this program visits: [kv_lo, kv_hi); every row sees those below kv_full,
+    # so the full tiles are those below kv_mid
     kv_lo = split * kv_per_split
     kv_hi = tl.minimum(kv_lo + kv_per_split, N_KV)
     # bottom-right causal: query position i sees keys j <= i + N_KV - N_Q
     kv_full = tl.minimum(N_KV - N_Q + 1, kv_hi)
+    # (the maximum also tells the compiler that it divides a non-negative number: a shift)
     kv_mid = kv_lo + tl.maximum(kv_full - kv_lo, 0) // BLOCK_N * BLOCK_N
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running row max (base 2)
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running softmax denominator
-    acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)  # P V
 
-    # -- full tiles: every row sees every key, no bounds or causal masking
+    # -- full tiles: every row sees every key, nothing is masked
     for start_n in range(kv_lo, kv_mid, BLOCK_N):
-        cols = start_n + tl.arange(0, BLOCK_N)
-        # S = Q K^T, K read transposed as a [HEAD_DIM, BLOCK_N] tile
-        k_tile = tl.load(k_base + cols[None, :] * stride_kn + d[:, None] * stride_kd)
-        s = tl.dot(q, k_tile) * qk_scale
-
-        if HAS_MASK:
-            mask_tile = tl.load(mask_rows[:, None] + cols[None, :] * stride_mn, mask=row_ok[:, None], other=0)
-            if MASK_IS_BOOL:
-                s = tl.where(mask_tile != 0, s, float("-inf"))
-            else:
-                mask_f = mask_tile.to(tl.float32)
-                mask_abs = tl.abs(mask_f)
-                mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
-                mask_log2 = mask_sat * LOG2E + (mask_abs - mask_sat) * 0.5
-                s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
-
-        # Online softmax in base 2: rescale what was accumulated by 2^(m_old - m_new).
-        # A row that has seen no visible key yet keeps m = -inf and contributes p = 0.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_ref)
-        p = tl.math.exp2(s - m_ref[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
-
-        # acc = acc * 2^(m_old - m_new) + P V
-        v_tile = tl.load(v_base + cols[:, None] * stride_vn + d[None, :] * stride_vd)
-        acc = tl.dot(p.to(dtype), v_tile, acc * alpha[:, None])
-
+        m_i, l_i, acc = _kv_tile(
+            m_i, l_i, acc,
+            start_n, kv_hi,
+            q,
+            k_base, stride_kn, stride_kd,
+            v_base, stride_vn, stride_vd,
+            d,
+            mask_rows, stride_mn, row_ok, q_pos, N_Q, N_KV,
+            qk_scale,
+            HAS_MASK, MASK_IS_BOOL, BLOCK_N, BOUNDARY=False,
+        )
     # -- boundary tiles: the end of the range and the causal diagonal
     for start_n in range(kv_mid, kv_hi, BLOCK_N):
-        cols = start_n + tl.arange(0, BLOCK_N)
-        col_ok = cols < kv_hi
-        # S = Q K^T, K read transposed as a [HEAD_DIM, BLOCK_N] tile
-        k_tile = tl.load(k_base + cols[None, :] * stride_kn + d[:, None] * stride_kd, mask=col_ok[None, :], other=0.0)
-        s = tl.dot(q, k_tile) * qk_scale
-
-        # Boundary tile: keys past this program's range, or after a query's causal diagonal, are invisible
-        visible = col_ok[None, :] & (cols[None, :] <= (q_pos + N_KV - N_Q)[:, None])
-        if HAS_MASK:
-            mask_tile = tl.load(mask_rows[:, None] + cols[None, :] * stride_mn, mask=row_ok[:, None] & col_ok[None, :], other=0)
-            if MASK_IS_BOOL:
-                visible = visible & (mask_tile != 0)
-            else:
-                mask_f = mask_tile.to(tl.float32)
-                mask_abs = tl.abs(mask_f)
-                mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
-                mask_log2 = mask_sat * LOG2E + (mask_abs - mask_sat) * 0.5
-                s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
-        s = tl.where(visible, s, float("-inf"))
-
-        # Online softmax in base 2: rescale what was accumulated by 2^(m_old - m_new).
-        # A row that has seen no visible key yet keeps m = -inf and contributes p = 0.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_ref)
-        p = tl.math.exp2(s - m_ref[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
-
-        # acc = acc * 2^(m_old - m_new) + P V
-        v_tile = tl.load(v_base + cols[:, None] * stride_vn + d[None, :] * stride_vd, mask=col_ok[:, None], other=0.0)
-        acc = tl.dot(p.to(dtype), v_tile, acc * alpha[:, None])
-
+        m_i, l_i, acc = _kv_tile(
+            m_i, l_i, acc,
+            start_n, kv_hi,
+            q,
+            k_base, stride_kn, stride_kd,
+            v_base, stride_vn, stride_vd,
+            d,
+            mask_rows, stride_mn, row_ok, q_pos, N_Q, N_KV,
+            qk_scale,
+            HAS_MASK, MASK_IS_BOOL, BLOCK_N, BOUNDARY=True,
+        )
     # -- epilogue
     # Partials for the log-sum-exp merge (decode_reduce): row max m (base 2), sum l and
     # the unnormalised accumulator, all fp32.

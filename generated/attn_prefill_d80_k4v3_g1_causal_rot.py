@@ -21,6 +21,94 @@ GROUP = tl.constexpr(1)  # query heads per KV head
 LOG2E = tl.constexpr(1.4426950408889634)
 
 
+@triton.jit
+def _kv_tile(
+    m_i, l_i, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7,  # running row max (base 2), sum and accumulators
+    start_n, kv_hi,  # the tile's first key; keys at or past kv_hi are out of range
+    q_plane0, q_plane1,  # the query tile, by plane of its rotated coordinates
+    k_base, kn_base, stride_kn, stride_knn, K_centroids,  # K of this program's KV head
+    v_base, vn_base, stride_vn, stride_vnn, V_centroids,  # V of this program's KV head
+    kj, vj,  # tl.arange over a plane of K codes, a plane of V codes
+    mask_rows, stride_mn, row_ok, q_pos, N_Q, N_KV,  # the rows' mask and causal diagonal
+    qk_scale,  # sm_scale * log2(e)
+    HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, BLOCK_N: tl.constexpr, BOUNDARY: tl.constexpr,
+):
+    """One tile of BLOCK_N keys from start_n: scores, masking, online softmax, accumulate.
+
+    Full tiles (BOUNDARY=False) lie inside the range and below every row's causal diagonal,
+    so they load and score without any mask; boundary tiles mask the keys out of range or
+    after the diagonal.
+    Returns the updated row max, sum and accumulators.
+    """
+    dtype = q_plane0.dtype
+    cols = start_n + tl.arange(0, BLOCK_N)
+    if BOUNDARY:
+        col_ok = cols < kv_hi  # keys at or past kv_hi (the end of the range) read as 0, score -inf
+    else:
+        # A full tile: every key exists and every row sees it.  col_ok is a constant True, which
+        # the compiler drops from every load and tl.where below: nothing is masked.
+        col_ok = tl.full([BLOCK_N], True, tl.int1)
+
+    # -- scores: S = sum over planes k of q_plane_k @ c[codes of plane k]^T, times each key's
+    # norm and the softmax scale; the keys are never decompressed.  The codes are read
+    # transposed, [plane position, key], and unpacked plane by plane.
+    k_ptrs = k_base + cols[None, :] * stride_kn + kj[:, None]
+    k_bytes = tl.load(k_ptrs, mask=col_ok[None, :] & (kj < 40)[:, None], other=0).to(tl.int32)
+    qk = tl.dot(q_plane0, tl.load(K_centroids + (k_bytes >> 4)))
+    qk = tl.dot(q_plane1, tl.load(K_centroids + (k_bytes & 0xF)), qk)
+    k_norm = tl.load(kn_base + cols * stride_knn, mask=col_ok, other=0.0)
+    s = qk * (k_norm * qk_scale)[None, :]
+
+    # -- what each row may see: keys out of range or after the diagonal, and those the mask hides, score -inf
+    visible = col_ok[None, :]
+    if BOUNDARY:
+        # bottom-right causal: query position i sees keys j <= i + N_KV - N_Q
+        visible = visible & (cols[None, :] <= (q_pos + N_KV - N_Q)[:, None])
+    if HAS_MASK:
+        mask_tile = tl.load(mask_rows[:, None] + cols[None, :] * stride_mn, mask=row_ok[:, None] & col_ok[None, :], other=0)
+        if MASK_IS_BOOL:
+            visible = visible & (mask_tile != 0)
+        else:
+            mask_f = mask_tile.to(tl.float32)
+            mask_abs = tl.abs(mask_f)
+            mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
+            mask_log2 = mask_sat * LOG2E + (mask_abs - mask_sat) * 0.5
+            s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
+    s = tl.where(visible, s, float("-inf"))
+
+    # -- online softmax in base 2: P = 2^(S - m_new), and what was accumulated is rescaled by
+    # alpha = 2^(m_old - m_new).  A row that has seen no visible key yet keeps m = -inf and p = 0.
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_ref)
+    p = tl.math.exp2(s - m_ref[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    m_i = m_new
+
+    # -- accumulate P @ (n_v * c[codes]), one accumulator per plane of V (coordinates 8*j + k
+    # of the rotated space).  The norms are folded into P relative to the tile's largest, so P
+    # stays in [0, 1] when cast to Q's dtype (p * n_v itself may overflow fp16); the tile's
+    # dot is scaled back by that largest norm in fp32.
+    v_norm = tl.load(vn_base + cols * stride_vnn, mask=col_ok, other=0.0)
+    v_max = tl.max(v_norm, 0)
+    v_max = tl.where(v_max > 0.0, v_max, 1.0)
+    p_v = (p * (v_norm / v_max)[None, :]).to(dtype)
+    v_ptrs = v_base + cols[:, None] * stride_vn + vj[None, :]
+    v_bits0 = tl.load(v_ptrs, mask=col_ok[:, None] & (vj < 10)[None, :], other=0).to(tl.int32)
+    v_bits1 = tl.load(v_ptrs + 10, mask=col_ok[:, None] & (vj < 10)[None, :], other=0).to(tl.int32)
+    v_bits2 = tl.load(v_ptrs + 20, mask=col_ok[:, None] & (vj < 10)[None, :], other=0).to(tl.int32)
+    acc0 = acc0 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 7) & 1) | (((v_bits1 >> 7) & 1) << 1) | (((v_bits2 >> 7) & 1) << 2)))) * v_max
+    acc1 = acc1 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 6) & 1) | (((v_bits1 >> 6) & 1) << 1) | (((v_bits2 >> 6) & 1) << 2)))) * v_max
+    acc2 = acc2 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 5) & 1) | (((v_bits1 >> 5) & 1) << 1) | (((v_bits2 >> 5) & 1) << 2)))) * v_max
+    acc3 = acc3 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 4) & 1) | (((v_bits1 >> 4) & 1) << 1) | (((v_bits2 >> 4) & 1) << 2)))) * v_max
+    acc4 = acc4 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 3) & 1) | (((v_bits1 >> 3) & 1) << 1) | (((v_bits2 >> 3) & 1) << 2)))) * v_max
+    acc5 = acc5 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 2) & 1) | (((v_bits1 >> 2) & 1) << 1) | (((v_bits2 >> 2) & 1) << 2)))) * v_max
+    acc6 = acc6 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 1) & 1) | (((v_bits1 >> 1) & 1) << 1) | (((v_bits2 >> 1) & 1) << 2)))) * v_max
+    acc7 = acc7 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + ((v_bits0 & 1) | ((v_bits1 & 1) << 1) | ((v_bits2 & 1) << 2)))) * v_max
+
+    return m_i, l_i, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
+
+
 @triton.jit(do_not_specialize=["N_Q", "N_KV"])
 def attn_prefill_kernel(
     Q, stride_qb, stride_qh, stride_qm, stride_qd,  # [B, H_q, N_q, D]
@@ -61,141 +149,59 @@ def attn_prefill_kernel(
     q = tl.load(q_rows[:, None] + d[None, :] * stride_qd, mask=row_ok[:, None] & (d < HEAD_DIM)[None, :], other=0.0)
     # Rotate the query once, y = q @ Pi^T, straight into its 2 planes:
     # plane k of y is q @ Pi[2*j + k, :]^T, so the keys' codes are never interleaved.
-    pi_t = tl.load(Pi + (2 * kj + 0)[None, :] * HEAD_DIM + d[:, None], mask=(d < HEAD_DIM)[:, None] & ((2 * kj + 0) < HEAD_DIM)[None, :], other=0.0)
+    pi_t = tl.load(Pi + (2 * kj)[None, :] * HEAD_DIM + d[:, None], mask=(d < HEAD_DIM)[:, None] & ((2 * kj) < HEAD_DIM)[None, :], other=0.0)
     q_plane0 = tl.dot(q, pi_t.to(dtype)).to(dtype)
     pi_t = tl.load(Pi + (2 * kj + 1)[None, :] * HEAD_DIM + d[:, None], mask=(d < HEAD_DIM)[:, None] & ((2 * kj + 1) < HEAD_DIM)[None, :], other=0.0)
     q_plane1 = tl.dot(q, pi_t.to(dtype)).to(dtype)
 
-    # -- the keys this program visits: [kv_lo, kv_hi); those below kv_full are seen by every row
+    # -- the keys this program visits: [kv_lo, kv_hi); every row sees those below kv_full,
+    # so the full tiles are those below kv_mid
     kv_lo = 0
     # bottom-right causal: query position i sees keys j <= i + N_KV - N_Q
     first_pos = (pid_m * BLOCK_M) // GROUP
     last_pos = tl.minimum((pid_m * BLOCK_M + BLOCK_M - 1) // GROUP, N_Q - 1)
     kv_hi = tl.minimum(last_pos + N_KV - N_Q + 1, N_KV)
     kv_full = tl.minimum(first_pos + N_KV - N_Q + 1, kv_hi)
+    # (the maximum also tells the compiler that it divides a non-negative number: a shift)
     kv_mid = kv_lo + tl.maximum(kv_full - kv_lo, 0) // BLOCK_N * BLOCK_N
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running row max (base 2)
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running softmax denominator
-    acc0 = tl.zeros([BLOCK_M, 16], tl.float32)
-    acc1 = tl.zeros([BLOCK_M, 16], tl.float32)
-    acc2 = tl.zeros([BLOCK_M, 16], tl.float32)
-    acc3 = tl.zeros([BLOCK_M, 16], tl.float32)
-    acc4 = tl.zeros([BLOCK_M, 16], tl.float32)
-    acc5 = tl.zeros([BLOCK_M, 16], tl.float32)
-    acc6 = tl.zeros([BLOCK_M, 16], tl.float32)
-    acc7 = tl.zeros([BLOCK_M, 16], tl.float32)
+    acc0 = tl.zeros([BLOCK_M, 16], tl.float32)  # P V at the rotated coordinates 8*j + 0
+    acc1 = tl.zeros([BLOCK_M, 16], tl.float32)  # P V at the rotated coordinates 8*j + 1
+    acc2 = tl.zeros([BLOCK_M, 16], tl.float32)  # P V at the rotated coordinates 8*j + 2
+    acc3 = tl.zeros([BLOCK_M, 16], tl.float32)  # P V at the rotated coordinates 8*j + 3
+    acc4 = tl.zeros([BLOCK_M, 16], tl.float32)  # P V at the rotated coordinates 8*j + 4
+    acc5 = tl.zeros([BLOCK_M, 16], tl.float32)  # P V at the rotated coordinates 8*j + 5
+    acc6 = tl.zeros([BLOCK_M, 16], tl.float32)  # P V at the rotated coordinates 8*j + 6
+    acc7 = tl.zeros([BLOCK_M, 16], tl.float32)  # P V at the rotated coordinates 8*j + 7
 
-    # -- full tiles: every row sees every key, no bounds or causal masking
+    # -- full tiles: every row sees every key, nothing is masked
     for start_n in range(kv_lo, kv_mid, BLOCK_N):
-        cols = start_n + tl.arange(0, BLOCK_N)
-        # S = sum over planes of q_plane_k @ c[codes of plane k]^T, scaled per key by its
-        # norm: the keys are never decompressed. Codes are read transposed, [plane, BLOCK_N].
-        k_ptrs = k_base + cols[None, :] * stride_kn + kj[:, None]
-        k_bytes = tl.load(k_ptrs, mask=(kj < 40)[:, None], other=0).to(tl.int32)
-        qk = tl.dot(q_plane0, tl.load(K_centroids + (k_bytes >> 4)))
-        qk = tl.dot(q_plane1, tl.load(K_centroids + (k_bytes & 0xF)), qk)
-        k_norm = tl.load(kn_base + cols * stride_knn)
-        s = qk * (k_norm * qk_scale)[None, :]
-
-        if HAS_MASK:
-            mask_tile = tl.load(mask_rows[:, None] + cols[None, :] * stride_mn, mask=row_ok[:, None], other=0)
-            if MASK_IS_BOOL:
-                s = tl.where(mask_tile != 0, s, float("-inf"))
-            else:
-                mask_f = mask_tile.to(tl.float32)
-                mask_abs = tl.abs(mask_f)
-                mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
-                mask_log2 = mask_sat * LOG2E + (mask_abs - mask_sat) * 0.5
-                s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
-
-        # Online softmax in base 2: rescale what was accumulated by 2^(m_old - m_new).
-        # A row that has seen no visible key yet keeps m = -inf and contributes p = 0.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_ref)
-        p = tl.math.exp2(s - m_ref[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
-
-        # P @ (n_v * c[codes]), one accumulator per plane of V (coordinates 8*j + k of
-        # the rotated space).  The norms are folded into P relative to the tile's largest, so P
-        # stays in [0, 1] when cast to Q's dtype (p * n_v itself may overflow fp16); the tile's
-        # dot is scaled back by that largest norm in fp32.
-        v_norm = tl.load(vn_base + cols * stride_vnn)
-        v_max = tl.max(v_norm, 0)
-        v_max = tl.where(v_max > 0.0, v_max, 1.0)
-        p_v = (p * (v_norm / v_max)[None, :]).to(dtype)
-        v_ptrs = v_base + cols[:, None] * stride_vn + vj[None, :]
-        v_bits0 = tl.load(v_ptrs, mask=(vj < 10)[None, :], other=0).to(tl.int32)
-        v_bits1 = tl.load(v_ptrs + 10, mask=(vj < 10)[None, :], other=0).to(tl.int32)
-        v_bits2 = tl.load(v_ptrs + 20, mask=(vj < 10)[None, :], other=0).to(tl.int32)
-        acc0 = acc0 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 7) & 1) | (((v_bits1 >> 7) & 1) << 1) | (((v_bits2 >> 7) & 1) << 2)))) * v_max
-        acc1 = acc1 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 6) & 1) | (((v_bits1 >> 6) & 1) << 1) | (((v_bits2 >> 6) & 1) << 2)))) * v_max
-        acc2 = acc2 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 5) & 1) | (((v_bits1 >> 5) & 1) << 1) | (((v_bits2 >> 5) & 1) << 2)))) * v_max
-        acc3 = acc3 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 4) & 1) | (((v_bits1 >> 4) & 1) << 1) | (((v_bits2 >> 4) & 1) << 2)))) * v_max
-        acc4 = acc4 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 3) & 1) | (((v_bits1 >> 3) & 1) << 1) | (((v_bits2 >> 3) & 1) << 2)))) * v_max
-        acc5 = acc5 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 2) & 1) | (((v_bits1 >> 2) & 1) << 1) | (((v_bits2 >> 2) & 1) << 2)))) * v_max
-        acc6 = acc6 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 1) & 1) | (((v_bits1 >> 1) & 1) << 1) | (((v_bits2 >> 1) & 1) << 2)))) * v_max
-        acc7 = acc7 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 0) & 1) | (((v_bits1 >> 0) & 1) << 1) | (((v_bits2 >> 0) & 1) << 2)))) * v_max
-
+        m_i, l_i, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _kv_tile(
+            m_i, l_i, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7,
+            start_n, kv_hi,
+            q_plane0, q_plane1,
+            k_base, kn_base, stride_kn, stride_knn, K_centroids,
+            v_base, vn_base, stride_vn, stride_vnn, V_centroids,
+            kj, vj,
+            mask_rows, stride_mn, row_ok, q_pos, N_Q, N_KV,
+            qk_scale,
+            HAS_MASK, MASK_IS_BOOL, BLOCK_N, BOUNDARY=False,
+        )
     # -- boundary tiles: the end of the range and the causal diagonal
     for start_n in range(kv_mid, kv_hi, BLOCK_N):
-        cols = start_n + tl.arange(0, BLOCK_N)
-        col_ok = cols < kv_hi
-        # S = sum over planes of q_plane_k @ c[codes of plane k]^T, scaled per key by its
-        # norm: the keys are never decompressed. Codes are read transposed, [plane, BLOCK_N].
-        k_ptrs = k_base + cols[None, :] * stride_kn + kj[:, None]
-        k_bytes = tl.load(k_ptrs, mask=col_ok[None, :] & (kj < 40)[:, None], other=0).to(tl.int32)
-        qk = tl.dot(q_plane0, tl.load(K_centroids + (k_bytes >> 4)))
-        qk = tl.dot(q_plane1, tl.load(K_centroids + (k_bytes & 0xF)), qk)
-        k_norm = tl.load(kn_base + cols * stride_knn, mask=col_ok, other=0.0)
-        s = qk * (k_norm * qk_scale)[None, :]
-
-        # Boundary tile: keys past this program's range, or after a query's causal diagonal, are invisible
-        visible = col_ok[None, :] & (cols[None, :] <= (q_pos + N_KV - N_Q)[:, None])
-        if HAS_MASK:
-            mask_tile = tl.load(mask_rows[:, None] + cols[None, :] * stride_mn, mask=row_ok[:, None] & col_ok[None, :], other=0)
-            if MASK_IS_BOOL:
-                visible = visible & (mask_tile != 0)
-            else:
-                mask_f = mask_tile.to(tl.float32)
-                mask_abs = tl.abs(mask_f)
-                mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
-                mask_log2 = mask_sat * LOG2E + (mask_abs - mask_sat) * 0.5
-                s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
-        s = tl.where(visible, s, float("-inf"))
-
-        # Online softmax in base 2: rescale what was accumulated by 2^(m_old - m_new).
-        # A row that has seen no visible key yet keeps m = -inf and contributes p = 0.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_ref)
-        p = tl.math.exp2(s - m_ref[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
-
-        # P @ (n_v * c[codes]), one accumulator per plane of V (coordinates 8*j + k of
-        # the rotated space).  The norms are folded into P relative to the tile's largest, so P
-        # stays in [0, 1] when cast to Q's dtype (p * n_v itself may overflow fp16); the tile's
-        # dot is scaled back by that largest norm in fp32.
-        v_norm = tl.load(vn_base + cols * stride_vnn, mask=col_ok, other=0.0)
-        v_max = tl.max(v_norm, 0)
-        v_max = tl.where(v_max > 0.0, v_max, 1.0)
-        p_v = (p * (v_norm / v_max)[None, :]).to(dtype)
-        v_ptrs = v_base + cols[:, None] * stride_vn + vj[None, :]
-        v_bits0 = tl.load(v_ptrs, mask=col_ok[:, None] & (vj < 10)[None, :], other=0).to(tl.int32)
-        v_bits1 = tl.load(v_ptrs + 10, mask=col_ok[:, None] & (vj < 10)[None, :], other=0).to(tl.int32)
-        v_bits2 = tl.load(v_ptrs + 20, mask=col_ok[:, None] & (vj < 10)[None, :], other=0).to(tl.int32)
-        acc0 = acc0 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 7) & 1) | (((v_bits1 >> 7) & 1) << 1) | (((v_bits2 >> 7) & 1) << 2)))) * v_max
-        acc1 = acc1 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 6) & 1) | (((v_bits1 >> 6) & 1) << 1) | (((v_bits2 >> 6) & 1) << 2)))) * v_max
-        acc2 = acc2 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 5) & 1) | (((v_bits1 >> 5) & 1) << 1) | (((v_bits2 >> 5) & 1) << 2)))) * v_max
-        acc3 = acc3 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 4) & 1) | (((v_bits1 >> 4) & 1) << 1) | (((v_bits2 >> 4) & 1) << 2)))) * v_max
-        acc4 = acc4 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 3) & 1) | (((v_bits1 >> 3) & 1) << 1) | (((v_bits2 >> 3) & 1) << 2)))) * v_max
-        acc5 = acc5 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 2) & 1) | (((v_bits1 >> 2) & 1) << 1) | (((v_bits2 >> 2) & 1) << 2)))) * v_max
-        acc6 = acc6 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 1) & 1) | (((v_bits1 >> 1) & 1) << 1) | (((v_bits2 >> 1) & 1) << 2)))) * v_max
-        acc7 = acc7 * alpha[:, None] + tl.dot(p_v, tl.load(V_centroids + (((v_bits0 >> 0) & 1) | (((v_bits1 >> 0) & 1) << 1) | (((v_bits2 >> 0) & 1) << 2)))) * v_max
-
+        m_i, l_i, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _kv_tile(
+            m_i, l_i, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7,
+            start_n, kv_hi,
+            q_plane0, q_plane1,
+            k_base, kn_base, stride_kn, stride_knn, K_centroids,
+            v_base, vn_base, stride_vn, stride_vnn, V_centroids,
+            kj, vj,
+            mask_rows, stride_mn, row_ok, q_pos, N_Q, N_KV,
+            qk_scale,
+            HAS_MASK, MASK_IS_BOOL, BLOCK_N, BOUNDARY=True,
+        )
     # -- epilogue
     # Normalise once; a row that saw no key (causal N_q > N_kv, fully masked) outputs 0.
     inv_l = 1.0 / tl.where(l_i == 0.0, 1.0, l_i)
@@ -215,7 +221,7 @@ def attn_prefill_kernel(
     y_max = y_max * inv_l
     y_max = tl.where(y_max > 0.0, y_max, 1.0)
     y_scale = inv_l / y_max
-    pi_k = tl.load(Pi + (8 * vj + 0)[:, None] * HEAD_DIM + d[None, :], mask=((8 * vj + 0) < HEAD_DIM)[:, None] & (d < HEAD_DIM)[None, :], other=0.0)
+    pi_k = tl.load(Pi + (8 * vj)[:, None] * HEAD_DIM + d[None, :], mask=((8 * vj) < HEAD_DIM)[:, None] & (d < HEAD_DIM)[None, :], other=0.0)
     out = tl.dot((acc0 * y_scale[:, None]).to(dtype), pi_k.to(dtype))
     pi_k = tl.load(Pi + (8 * vj + 1)[:, None] * HEAD_DIM + d[None, :], mask=((8 * vj + 1) < HEAD_DIM)[:, None] & (d < HEAD_DIM)[None, :], other=0.0)
     out = tl.dot((acc1 * y_scale[:, None]).to(dtype), pi_k.to(dtype), out)

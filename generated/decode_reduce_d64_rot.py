@@ -82,11 +82,9 @@ def decode_reduce_kernel(
     # Back to the original space: x = y @ Pi.
     # Rows enter the dot scaled to max |y| = 1 and are scaled back in fp32 (a rotated
     # coordinate may exceed every output coordinate, and the cast could overflow fp16).
-
     y_max = tl.max(tl.abs(out), 1)
     y_max = tl.where(y_max > 0.0, y_max, 1.0)
     out = (out / y_max[:, None]).to(Out.dtype.element_ty)
-    cols = tl.arange(0, 64)
-    pi = tl.load(Pi + d[:, None] * HEAD_DIM + cols[None, :])
+    pi = tl.load(Pi + d[:, None] * HEAD_DIM + d[None, :])
     x = tl.dot(out, pi.to(Out.dtype.element_ty)) * y_max[:, None]
-    tl.store(o_rows[:, None] + cols[None, :] * stride_od, x.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(o_rows[:, None] + d[None, :] * stride_od, x.to(Out.dtype.element_ty), mask=row_ok[:, None])
