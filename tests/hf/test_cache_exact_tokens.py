@@ -218,3 +218,31 @@ def test_static_sinks_equal_the_dynamic_cache_long_prompt(device):
     for step, (a, b) in enumerate(zip(logits["static"], logits["dynamic"])):
         assert_close(a, b, name=f"step {step}", tolerance=LOGITS_TOLERANCE)
     tqgen.hf.uninstall_fused_tq4_kv(model)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@torch.no_grad()
+def test_gpu_window_rolls_during_decode(dtype):
+    """fp16/bf16 on the GPU (head_dim 128: the Hopper kernel on an H100/H200), 4 sinks and a window
+    of 16..23 rolling every 8 decode steps: fused = "decompress + attention" within the dtype's rounding."""
+    from tqgen.testing import TOLERANCES
+
+    model = tiny_causal_lm("llama", head_dim=128, heads=8, kv_heads=2, hidden=256, initializer_range=0.02,
+                           dtype=dtype).cuda()
+    tokens = torch.randint(3, 128, (2, 330), generator=torch.Generator().manual_seed(0)).cuda()
+    options = dict(sink_tokens=4, residual_length=16, residual_block=8)
+    runs = []
+    for cache in (CompressedDynamicCache(model.config, **options), None):
+        if cache is None:
+            cache = tqgen.hf.enable(model, **options)
+        kwargs = {cache_argument(model): cache}
+        logits = [model(tokens[:, :300], **kwargs).logits[:, -1].float()]
+        for t in range(300, tokens.shape[1]):
+            logits.append(model(tokens[:, t:t + 1], **kwargs).logits[:, -1].float())
+        runs.append(logits)
+        assert cache.layers[0].n_sinks == 4 and 16 <= cache.layers[0].n_recent < 24
+    tqgen.hf.uninstall_fused_tq4_kv(model)
+    for step, (fused, decompressed) in enumerate(zip(runs[1], runs[0])):
+        assert_close(fused, decompressed, dtype, f"step {step}", tolerance=TOLERANCES[dtype])

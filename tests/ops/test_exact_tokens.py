@@ -33,7 +33,7 @@ def _compressed(x: torch.Tensor, bits: int, offset: torch.Tensor | None) -> tupl
 
 
 def _problem(*, n_q, n_head, n_mid, n_tail, group=2, kv_heads=2, batch=2, k_bits=4, v_bits=4, center=True,
-             dtype=torch.float32, device="cpu"):
+             dtype=torch.float32, device="cpu", head_dim=D):
     """(q, k_mid, v_mid, exact, whole K, whole V (fp64, what the reference reads), seed)."""
     seed = secrets.randbits(31)
     gen = torch.Generator().manual_seed(seed)
@@ -42,9 +42,9 @@ def _problem(*, n_q, n_head, n_mid, n_tail, group=2, kv_heads=2, batch=2, k_bits
     def randn(*shape):
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
 
-    q = randn(batch, kv_heads * group, n_q, D)
-    k = randn(batch, kv_heads, n, D) + 0.7 * randn(1, kv_heads, 1, D)  # keys share a direction, as in real models
-    v = randn(batch, kv_heads, n, D)
+    q = randn(batch, kv_heads * group, n_q, head_dim)
+    k = randn(batch, kv_heads, n, head_dim) + 0.7 * randn(1, kv_heads, 1, head_dim)  # a shared direction, as in real models
+    v = randn(batch, kv_heads, n, head_dim)
     mid = slice(n_head, n_head + n_mid)
     mu = k[:, :, mid].float().mean(2, keepdim=True) if center and k_bits and n_mid else None
     k_in, k_mid_ref = _compressed(k[:, :, mid], k_bits, mu) if k_bits else (k[:, :, mid], k[:, :, mid].double())
@@ -170,3 +170,46 @@ def test_bad_exact_tokens_are_refused(device):
         attention_with_exact(q, k, v, (exact.keys, exact.values))
     with pytest.raises(ValueError, match="attention_mask"):
         attention_with_exact(q, k, v, exact, attention_mask=torch.ones(1, 1, 1, 10, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------ GPU (pytest -m gpu)
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="the Gluon kernel needs an H100/H200")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("group", [1, 4, 8])
+@pytest.mark.parametrize("padded", [False, True], ids=["no_mask", "key_padding"])
+def test_hopper_partials_with_the_exact_slot(dtype, group, padded, monkeypatch):
+    """K4V4 at head_dim 128 takes the Gluon kernel for the compressed middle (checked: its launcher
+    runs), whose partials share the workspace with the exact slot written at capacity + 1."""
+    import tqgen.ops.decode_sm90 as sm90
+
+    launches = []
+    real = sm90.launch_partials
+    monkeypatch.setattr(sm90, "launch_partials", lambda *a, **k: launches.append(1) or real(*a, **k))
+    n_mid = 1 + secrets.randbelow(3000)
+    q, k, v, exact, k_ref, v_ref, seed = _problem(n_q=1, n_head=4, n_mid=n_mid, n_tail=secrets.randbelow(70),
+                                                  group=group, dtype=dtype, device="cuda", head_dim=128)
+    mask = None
+    if padded:
+        mask = torch.ones(2, 1, 1, n_mid + exact.count, dtype=torch.bool, device="cuda")
+        mask[1, ..., : 2 + n_mid // 3] = False
+    out = _run(q, k, v, exact, mask=mask)
+    assert launches, "the Gluon kernel was not taken"
+    expected = reference.reference_attention(q, k_ref, v_ref, mask=mask)
+    assert_close(out, expected, dtype, f"n_mid={n_mid} seed={seed}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("bits", [(3, 3), (2, 4), (4, None)], ids=["k3v3", "k2v4", "k4"])
+def test_triton_path_on_the_gpu_bf16(bits):
+    """The Triton decode kernel's partials plus the exact slot on a GPU, bf16, long middle, 4 query rows."""
+    q, k, v, exact, k_ref, v_ref, seed = _problem(n_q=4, n_head=4, n_mid=5000, n_tail=100, group=4,
+                                                  k_bits=bits[0], v_bits=bits[1], dtype=torch.bfloat16,
+                                                  device="cuda", head_dim=128)
+    out = _run(q, k, v, exact, causal=True)
+    expected = reference.reference_attention(q, k_ref, v_ref, causal=True)
+    assert_close(out, expected, torch.bfloat16, f"seed={seed}")

@@ -119,7 +119,7 @@ def triton_fa_tq4_kv_forward(
     exact = cache.exact_tokens(module.layer_idx)  # exact sinks / recent tokens beside the compressed ones
     if exact is not None:
         return _attend(query, compressed_key, compressed_value, attend=attention_with_exact, exact=exact,
-                       sm_scale=scaling, is_causal=is_causal, attention_mask=attention_mask)
+                       checked=True, sm_scale=scaling, is_causal=is_causal, attention_mask=attention_mask)
     # The cache's own buffers (and the model's shapes, at install): launched without re-checking them.
     attend = attention if query.requires_grad and torch.is_grad_enabled() else launch_attention
     return _attend(query, compressed_key, compressed_value, attend=attend, sm_scale=scaling, is_causal=is_causal,

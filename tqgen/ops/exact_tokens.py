@@ -81,7 +81,9 @@ def exact_partial_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program per (b, kv_head): every query row of the KV head against every exact token,
-    in fp32, written as one split-K partial (slot ``slot``) for ``decode_reduce``."""
+    written as one split-K partial (slot ``slot``) for ``decode_reduce``.  The dots run on tensor
+    cores in Q's dtype with fp32 accumulation, as in the decode kernels; an ieee fp32 version
+    cost 25-115 us on an H200 (CUDA cores), 17-80% of a long decode step."""
     pid_bh = tl.program_id(0)
     b = (pid_bh // H_KV).to(tl.int64)
     kv_head = pid_bh % H_KV
@@ -92,9 +94,11 @@ def exact_partial_kernel(
     d = tl.arange(0, D_PAD)
     d_ok = d < HEAD_DIM
     q_ptrs = Q + b * stride_qb + q_head[:, None] * stride_qh + q_pos[:, None] * stride_qm + d[None, :] * stride_qd
-    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-    if HAS_MU:
+    dtype = Q.dtype.element_ty
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if HAS_MU:  # the compressed keys are centred: score q . k - q . mu like them
         mu = tl.load(Mu + b * stride_mub + kv_head * stride_muh + d, mask=d_ok, other=0.0)
+        q_mu = tl.sum(q.to(tl.float32) * mu[None, :], 1)
     k_base = EK + b * stride_kb + kv_head * stride_kh
     v_base = EV + b * stride_vb + kv_head * stride_vh
     mask_rows = Mask + b * stride_mb + q_head * stride_mh + q_pos * stride_mm
@@ -107,10 +111,11 @@ def exact_partial_kernel(
         e = start + tl.arange(0, BLOCK_N)
         e_ok = e < N_EXACT
         kv_ok = e_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_base + e[:, None] * stride_kn + d[None, :] * stride_kd, mask=kv_ok, other=0.0).to(tl.float32)
+        k = tl.load(k_base + e[:, None] * stride_kn + d[None, :] * stride_kd, mask=kv_ok, other=0.0)
+        s = tl.dot(q, tl.trans(k))
         if HAS_MU:
-            k = k - mu[None, :]  # the compressed keys are centred: score q . (k - mu) like them
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+            s = s - q_mu[:, None]
+        s = s * qk_scale
         col = tl.where(e < N_HEAD, e, e + N_MID)  # the token's position in the whole sequence
         visible = row_ok[:, None] & e_ok[None, :]
         if CAUSAL:  # bottom-right aligned over the whole sequence
@@ -132,11 +137,15 @@ def exact_partial_kernel(
         p = tl.math.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
-        v = tl.load(v_base + e[:, None] * stride_vn + d[None, :] * stride_vd, mask=kv_ok, other=0.0).to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        v = tl.load(v_base + e[:, None] * stride_vn + d[None, :] * stride_vd, mask=kv_ok, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v)
     if ROTATE:  # into the rotated space of the compressed V's partials: y = x @ Pi^T
+        # Rows enter the dot scaled to max |acc| = 1 (the cast could overflow fp16) and are
+        # scaled back in fp32, as decode_reduce does on the way back.
+        a_max = tl.max(tl.abs(acc), 1)
+        a_max = tl.where(a_max > 0.0, a_max, 1.0)
         pi_t = tl.load(Pi + d[None, :] * HEAD_DIM + d[:, None], mask=d_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = tl.dot(acc, pi_t, input_precision="ieee")
+        acc = tl.dot((acc / a_max[:, None]).to(dtype), pi_t.to(dtype)) * a_max[:, None]
     part = ((b * H_KV * GROUP + q_head) * N_Q + q_pos) * max_splits + slot
     tl.store(Part_m + part, m_i, mask=row_ok)
     tl.store(Part_l + part, l_i, mask=row_ok)
@@ -266,7 +275,20 @@ def check_exact(exact: object, q: Tensor, k: object) -> ExactTokens:
     return exact
 
 
+_MASK_DTYPES = (torch.bool, *FLOAT_DTYPES)
+
+
 def _check_whole_mask(mask: object, q: Tensor, n_total: int) -> Tensor | None:
+    """The mask broadcast to ``[B, H_q, N_q, n_total]`` (a view); a mask that is not one gets
+    :func:`tqgen.attention.attention`'s error.  The common case is checked in Python, without
+    ``torch.broadcast_shapes`` (the per-step host cost of a decode call)."""
+    if mask is None:
+        return None
+    target = (*q.shape[:3], n_total)
+    if isinstance(mask, Tensor) and 1 <= mask.dim() <= 4 and mask.dtype in _MASK_DTYPES:
+        shape = (1,) * (4 - mask.dim()) + tuple(mask.shape)
+        if all(a == t or a == 1 for a, t in zip(shape, target)):
+            return mask[(None,) * (4 - mask.dim())].expand(target)
     from tqgen.attention import _check_mask
 
     return _check_mask(mask, q, n_total)
@@ -302,6 +324,7 @@ def attention_with_exact(
     *,
     out: Tensor | None = None,
     schedule: str = "auto",
+    checked: bool = False,
 ) -> Tensor:
     """Attention over ``[exact head tokens, k/v (compressed or plain), exact tail tokens]``.
 
@@ -310,6 +333,9 @@ def attention_with_exact(
     Decode (N_q <= 16) reads the compressed tokens once, in the split-K kernel, and the exact
     tokens in one small kernel writing one more partial; prefill decompresses the compressed
     tokens and runs the vanilla prefill kernel over the whole sequence (see the module doc).
+    ``checked=True`` skips the checks of ``q`` and ``exact`` (for callers whose tensors pass them by
+    construction, such as the Hugging Face backend reading its cache; ``k``/``v`` and the mask are
+    still checked by :func:`tqgen.attention`).
     """
     from tqgen.attention import attention
     from tqgen.ops.attention import as_dtype
@@ -318,10 +344,11 @@ def attention_with_exact(
         raise TypeError(f"exact must be an ExactTokens, got {type(exact).__name__}")
     if wants_grad(q, k, v, attention_mask, exact.keys, exact.values):
         return forward_only("tqgen.attention", lambda: attention_with_exact(
-            q, k, v, exact, sm_scale, is_causal, attention_mask, schedule=schedule),
+            q, k, v, exact, sm_scale, is_causal, attention_mask, schedule=schedule, checked=checked),
             q, k, v, attention_mask, exact.keys, exact.values, out=out)
-    q = check_tensor("q", q, ndim=4, dtypes=FLOAT_DTYPES)
-    exact = check_exact(exact, q, k)
+    if not checked:
+        q = check_tensor("q", q, ndim=4, dtypes=FLOAT_DTYPES)
+        exact = check_exact(exact, q, k)
     if exact.count == 0:
         return attention(q, k, v, sm_scale, is_causal, attention_mask, out=out, schedule=schedule)
     n_mid = k.shape[2]
@@ -349,14 +376,33 @@ def attention_with_exact(
 
 
 # ------------------------------------------------- the static cache's custom op
+def _workspace_layout(q: Tensor, kv_heads: int, n_kv: int, k_bits: int, v_bits: int, is_causal: bool,
+                      device: torch.device) -> tuple[object, dict[str, int], int, int, int]:
+    """(spec, config, slots per row, end of the partials, start of the Hopper scratch) of a
+    ``tqgen::decode_attention_exact`` call: the decode workspace's layout
+    (:func:`tqgen.ops.library.decode_workspace_numel`) with one more slot per row."""
+    from tqgen.ops import library
+    from tqgen.spec import Family
+    from tqgen.tuning import launch_config, shape_bucket
+
+    batch, q_heads, n_q, head_dim = q.shape
+    spec = library._spec(Family.ATTN_DECODE, q, k_bits, v_bits, kv_heads, is_causal)
+    config = launch_config(spec, device, shape_bucket(spec, n_q, n_kv, batch * kv_heads))
+    capacity = library._split_capacity(spec, config, device, batch * kv_heads) + 1
+    parts_end = batch * q_heads * n_q * capacity * (head_dim + 2)
+    return spec, config, capacity, parts_end, library._scratch_start(parts_end)
+
+
 def exact_workspace_numel(batch: int, q_heads: int, kv_heads: int, n_q: int, head_dim: int, n_kv: int,
                           k_bits: int, v_bits: int, device: torch.device | str, is_causal: bool = False) -> int:
-    """fp32 elements ``tqgen::decode_attention_exact`` needs: the decode workspace plus one slot per row."""
+    """fp32 elements ``tqgen::decode_attention_exact`` needs: the decode workspace with one more
+    partial slot per row, and the Hopper path's scratch."""
     from tqgen.ops import library
 
-    base = library.decode_workspace_numel(batch, q_heads, kv_heads, n_q, head_dim, n_kv, k_bits, v_bits, device,
-                                          is_causal)
-    return base + batch * q_heads * n_q * (head_dim + 2)
+    device = torch.device(device)
+    q = torch.empty((batch, q_heads, n_q, head_dim), device="meta")
+    spec, _, _, _, scratch_start = _workspace_layout(q, kv_heads, n_kv, k_bits, v_bits, is_causal, device)
+    return scratch_start + library._scratch_numel(spec, device, batch * kv_heads)
 
 
 @torch.library.custom_op("tqgen::decode_attention_exact", mutates_args=("workspace",))
@@ -370,8 +416,8 @@ def decode_attention_exact(
     first ``n_head`` before the compressed ``k``/``v``); ``mask`` spans the whole sequence."""
     from tqgen.ops import attention as attention_ops
     from tqgen.ops import library
-    from tqgen.spec import Family, reduce_spec
-    from tqgen.tuning import launch_config, shape_bucket
+    from tqgen.spec import reduce_spec
+    from tqgen.tuning import launch_config
 
     batch, q_heads, n_q, head_dim = q.shape
     kv_heads, n_mid = k.shape[1], k.shape[2]
@@ -385,19 +431,18 @@ def decode_attention_exact(
     mid_causal, mid_mask, ex_causal, ex_mask = split_call(q, n_mid, exact, is_causal, whole)
     kk = library._operand("k", k, k_norms, k_centroids, k_bits, rotation, q.dtype, head_dim)
     vv = library._operand("v", v, v_norms, v_centroids, v_bits, rotation, q.dtype, head_dim)
-    spec = library._spec(Family.ATTN_DECODE, q, k_bits, v_bits, kv_heads, mid_causal)
-    config = launch_config(spec, q.device, shape_bucket(spec, n_q, n_mid, batch * kv_heads))
-    capacity = library._split_capacity(spec, config, q.device, batch * kv_heads) + 1
-    rows = batch * q_heads * n_q
-    need = rows * capacity * (head_dim + 2)
+    spec, config, capacity, parts_end, scratch_start = _workspace_layout(q, kv_heads, n_mid, k_bits, v_bits,
+                                                                         mid_causal, q.device)
+    need = scratch_start + library._scratch_numel(spec, q.device, batch * kv_heads)
     if workspace.dtype != torch.float32 or workspace.dim() != 1 or workspace.numel() < need:
         raise ValueError(
             f"workspace must be a flat fp32 tensor of at least {need} elements for this call "
             f"(exact_workspace_numel), got {workspace.dtype} {tuple(workspace.shape)}"
         )
+    rows = batch * q_heads * n_q
     acc_end = rows * capacity * head_dim
     parts = (workspace[:acc_end], workspace[acc_end:acc_end + rows * capacity],
-             workspace[acc_end + rows * capacity:need])
+             workspace[acc_end + rows * capacity:parts_end], workspace[scratch_start:need])
     scale = float(sm_scale)
     pi = rotation.to(torch.float32) if v_bits else None
 
