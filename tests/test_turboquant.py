@@ -7,7 +7,7 @@ import torch
 
 from tqgen.compressed import CompressedTensor
 from tqgen.quant import lloyd_max_codebook, reference, rotation_matrix, unpack
-from tqgen.testing import assert_close, poison_
+from tqgen.testing import NORM_RTOL, assert_close, poison_
 from tqgen.turboquant import TurboQuant, tq4_compress, tq4_decompress
 
 NEAR_TIE = 1e-5
@@ -75,7 +75,7 @@ def test_append_chunks_into_preallocated_cache(device):
         assert written.packed.data_ptr() == cache.packed[:, :, start].data_ptr()  # a view, not a copy
         start += n
     _assert_codes(cache.packed[:, :, :20], x, 4)
-    torch.testing.assert_close(cache.norms[:, :, :20], torch.linalg.vector_norm(x, dim=-1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(cache.norms[:, :, :20], torch.linalg.vector_norm(x, dim=-1), rtol=NORM_RTOL, atol=0)
     assert (cache.packed[:, :, 20:] == 255).all() and cache.norms[:, :, 20:].isnan().all()
 
 

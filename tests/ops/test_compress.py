@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tqgen.quant import lloyd_max_codebook, pack, packed_width, reference, rotation_matrix, unpack
+from tqgen.testing import NORM_RTOL
 from tqgen.turboquant import compress_into
 
 HEAD_DIMS = (32, 64, 80, 96, 128, 256)
@@ -49,7 +50,7 @@ def assert_codes_match(packed: torch.Tensor, norms: torch.Tensor, x: torch.Tenso
     wrong = (codes != ref_codes) & ~near_tie
     assert not wrong.any(), f"{int(wrong.sum())} codes differ from the reference, first at {wrong.nonzero()[:5].tolist()}"
     assert torch.equal(pack(codes, bits), packed.cpu()), "padding bits of the packed codes are not zero"
-    torch.testing.assert_close(norms.cpu(), ref_norms.cpu(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(norms.cpu(), ref_norms.cpu(), rtol=NORM_RTOL, atol=0)
 
 
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)

@@ -9,6 +9,7 @@ import torch
 
 from tqgen import TurboQuant
 from tqgen.quant import lloyd_max_codebook, rotation_matrix, unpack
+from tqgen.testing import NORM_RTOL
 
 # README "Formats": a coordinate's code may differ from the exact one only if the exact rotated
 # unit coordinate lies within this distance of a cell boundary.
@@ -40,7 +41,7 @@ def test_codes_equal_the_exact_ones_except_within_rounding_of_a_boundary(bits, d
     )
     assert ((codes - exact).abs() <= 1).all(), "a differing code must be a neighbouring cell's"
     assert differ.float().mean().item() < 1e-3  # near-ties are rare
-    torch.testing.assert_close(ct.norms.cpu().double(), norms, rtol=1e-6, atol=0)
+    torch.testing.assert_close(ct.norms.cpu().double(), norms, rtol=NORM_RTOL, atol=0)
 
 
 # bf16 only on the GPU: the interpreter flushes bf16 subnormals (an entry of 2^-120 * randn can be one)
@@ -58,7 +59,7 @@ def test_norms_of_extreme_vectors(dtype, exponent, device):
     expected = torch.linalg.vector_norm(x.double(), dim=-1)
     assert torch.isfinite(ct.norms).all() and (ct.norms > 0).all()
     # within rounding of the fp32 result (a subnormal norm has fewer bits: one ulp is 2^-149)
-    torch.testing.assert_close(ct.norms.cpu().double(), expected, rtol=1e-6, atol=2.0**-149)
+    torch.testing.assert_close(ct.norms.cpu().double(), expected, rtol=NORM_RTOL, atol=2.0**-149)
     codes = unpack(ct.packed.cpu(), 4, head_dim).long()
     exact, _, distance = _exact_codes(x, 4)
     assert not ((codes != exact) & (distance >= BOUNDARY_ROUNDING)).any()
@@ -75,4 +76,4 @@ def test_zero_and_mixed_scale_rows(device):
     ct = TurboQuant(64, 4).compress(x.to(device))
     expected = torch.linalg.vector_norm(x.double(), dim=-1)
     assert ct.norms[0, 0, 0].item() == 0.0
-    torch.testing.assert_close(ct.norms.cpu().double(), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(ct.norms.cpu().double(), expected, rtol=NORM_RTOL, atol=0)
