@@ -1,4 +1,4 @@
-"""Command line: ``python -m tqgen {build,list,info,tune,bench}``.
+"""Command line: ``python -m tqgen {build,list,info,tune,bench,eval}``.
 
 This module only parses arguments and prints; each command's work lives in its own module
 (``build``: tqgen.codegen.build, ``tune``: tqgen.bench.tune, ``bench``: tqgen.bench).
@@ -74,6 +74,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from tqgen.eval import run_eval
+
+    return run_eval(args)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tqgen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +111,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", default=None, help="also time another package, e.g. turboquant_vllm")
     p.add_argument("--quick", action="store_true", help="fewer shapes")
     p.set_defaults(func=_cmd_bench)
+
+    from tqgen.eval import add_arguments as add_eval_arguments
+
+    p = sub.add_parser("eval", help="perplexity, KL and top-1 of a model on a text with a compressed cache")
+    add_eval_arguments(p)
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 
