@@ -154,3 +154,24 @@ def test_cache_argument_follows_the_installed_transformers():
     params = inspect.signature(type(model).forward).parameters
     assert name in params
     assert name == ("cache" if "cache" in params else "past_key_values")
+
+
+def test_decode_steps_derive_nothing_new(device):
+    """Everything the ops derive from the codebooks and the rotation exists once the prompt is in
+    (head_dim 128: on an H100/H200 the decode steps take the Hopper kernel and its tables): a value
+    first derived inside a compiled CUDA-graph region would live in the graph's private pool, which
+    cudagraph trees refuse."""
+    from tqgen.ops import _DERIVED
+
+    model = tiny_causal_lm("llama", head_dim=128, heads=8, kv_heads=2, hidden=256, layers=1,
+                           initializer_range=0.02, dtype=torch.float16 if device == "cuda" else torch.float32).to(device)
+    ids, mask = _batch(device)
+    cache = tqgen.hf.enable(model, static=True, max_cache_len=CAPACITY)
+    name = cache_argument(model)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True, **{name: cache})
+        before = set(_DERIVED)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        model(input_ids=out.logits[:, -1:].argmax(-1), attention_mask=mask, use_cache=True, **{name: cache})
+    tqgen.hf.uninstall_fused_tq4_kv(model)
+    assert set(_DERIVED) == before

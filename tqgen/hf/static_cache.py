@@ -138,6 +138,8 @@ class CompressedStaticLayer(StaticLayer):
         if not _compiling():  # fixed addresses: compiled graphs and CUDA graphs may mutate them
             for t in self._tensors():
                 torch._dynamo.mark_static_address(t)
+            library.derive_constants(self.dtype, self.key_quant.bits, self.value_quant.bits, self.k_centroids,
+                                     self.v_centroids, self.rotation)
         self.is_initialized = True
 
     def _tensors(self) -> list[torch.Tensor]:

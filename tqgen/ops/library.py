@@ -37,7 +37,7 @@ from tqgen.spec import DECODE_MAX_Q, SUPPORTED_BITS, Family, VariantSpec, check_
 from tqgen.tuning import launch_config, shape_bucket
 from tqgen.validation import as_last_dim_contiguous
 
-__all__ = ["compress", "decode_attention", "decode_workspace_numel", "prefill_attention"]
+__all__ = ["compress", "decode_attention", "decode_workspace_numel", "derive_constants", "prefill_attention"]
 
 
 def _operand(name: str, x: Tensor, norms: Optional[Tensor], centroids: Optional[Tensor], bits: int,
@@ -92,6 +92,26 @@ def _scratch_start(partials: int) -> int:
 def _scratch_numel(spec: VariantSpec, device: torch.device, batch_heads: int) -> int:
     """fp32 elements of per-call scratch after the partials: the Hopper path's query planes."""
     return decode_sm90.planes_numel(batch_heads) if decode_sm90.may_support(spec, device) else 0
+
+
+def derive_constants(dtype: torch.dtype, k_bits: int, v_bits: int, k_centroids: Optional[Tensor],
+                     v_centroids: Optional[Tensor], rotation: Tensor) -> None:
+    """Make, now, every value the ops below derive from these codebooks (in the queries' ``dtype``)
+    and this rotation: the rotation's fp16 halves (compress), the codebooks in ``dtype`` and the
+    Hopper decode path's lookup tables and permuted rotation (:func:`tqgen.ops.derived` keeps them).
+
+    A cache calls this when it allocates its buffers, eagerly.  Made for the first time inside a
+    compiled region instead, they would come from the private memory pool of torch.compile's CUDA
+    graphs (its warm-up run allocates there too) and outlive the graph, which cudagraph trees
+    refuse."""
+    compress_ops.rotation_halves(rotation)
+    attention_ops.as_dtype(rotation, torch.float32)
+    for bits, centroids in ((k_bits, k_centroids), (v_bits, v_centroids)):
+        if bits and centroids is not None:
+            attention_ops.as_dtype(centroids, dtype)
+    if k_bits == v_bits == 4 and k_centroids is not None and v_centroids is not None and decode_sm90.may_support(
+            VariantSpec(Family.ATTN_DECODE, rotation.shape[0], 4, 4, 1, False, True), rotation.device):
+        decode_sm90.derive(k_centroids, v_centroids, rotation, dtype)
 
 
 # ------------------------------------------------------------------- decode
