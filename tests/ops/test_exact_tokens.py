@@ -172,6 +172,38 @@ def test_bad_exact_tokens_are_refused(device):
         attention_with_exact(q, k, v, exact, attention_mask=torch.ones(1, 1, 1, 10, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("group,n_q", [(4, 1), (8, 2), (1, 3)])
+def test_fused_prologue_writes_what_the_two_kernels_write(group, n_q, device):
+    """The Hopper path's single prologue launch (query planes + exact partial) equals the query-plane
+    kernel and the exact partial's own launch, bit for bit (run here on the Triton kernels alone)."""
+    from tqgen.gluon.query_planes import rotate_query_planes
+    from tqgen.ops.decode_sm90 import _pi_planes
+    from tqgen.ops.exact_tokens import LOG2E, ExactPartial
+
+    q, k, v, exact, _, _, seed = _problem(n_q=n_q, n_head=4, n_mid=40, n_tail=9, group=group, dtype=torch.float16,
+                                          device=device, head_dim=128)
+    batch, kv_heads, m, capacity, slot = q.shape[0], k.shape[1], 8 if n_q * group <= 8 else 16, 3, 2
+    write = ExactPartial(q, exact, 40, k.offset, v.rotation.float(), 0.125 * LOG2E, None, True)
+    pi_planes = _pi_planes(k.rotation)
+    results = []
+    for fused in (False, True):
+        rows = q.shape[0] * q.shape[1] * n_q
+        parts = (poison_(torch.empty(rows * capacity * 128, device=device)),
+                 poison_(torch.empty(rows * capacity, device=device)), poison_(torch.empty(rows * capacity, device=device)))
+        planes = poison_(torch.empty(batch * kv_heads, 2, 64, m, dtype=q.dtype, device=device))
+        if fused:
+            write.launch_with_query_planes(parts, capacity, slot, pi_planes, planes, m)
+        else:
+            rotate_query_planes[(batch * kv_heads, 2)](q, *q.stride(), pi_planes, planes, kv_heads, n_q,
+                                                       GROUP=group, M=m, D=128, num_warps=4)
+            write(parts, capacity, slot)
+        written = [p.view(rows, capacity, -1)[:, slot] for p in parts]
+        assert not any(w.isnan().any() for w in written), f"seed={seed}"
+        results.append((planes, *written))
+    for a, b in zip(*results):
+        assert torch.equal(a, b), f"seed={seed}"
+
+
 # ------------------------------------------------------------------ GPU (pytest -m gpu)
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 

@@ -15,7 +15,8 @@ def key_byte(kk: int) -> int:
 
 
 @triton.jit
-def rotate_query_planes(
+def query_planes(
+    bh, plane,  # b * H_kv + kv_head; 0 (even coordinates) or 1 (odd)
     Q, stride_qb, stride_qh, stride_qm, stride_qd,  # [B, H_q, N_q, D]
     Pi_planes,  # fp32 [2, D, 64]: column kk of plane p is row 2 * key_byte(kk) + p of Pi
     Out,  # [B * H_kv, 2, 64, M] in Q's dtype: the B operands Q_even^T, Q_odd^T
@@ -23,9 +24,7 @@ def rotate_query_planes(
     GROUP: tl.constexpr, M: tl.constexpr, D: tl.constexpr,
 ):
     """y = q @ Pi^T for the N_Q * GROUP query rows of one KV head and one plane (even or odd
-    coordinates, in the K unpack order), transposed and zero-padded to M rows.  Grid (B * H_kv, 2)."""
-    bh = tl.program_id(0)
-    plane = tl.program_id(1)
+    coordinates, in the K unpack order), transposed and zero-padded to M rows."""
     b = (bh // H_KV).to(tl.int64)
     kv_head = bh % H_KV
     rows = tl.arange(0, 16)  # tl.dot needs 16 rows; rows >= N_Q * GROUP are zero
@@ -38,3 +37,16 @@ def rotate_query_planes(
     y = tl.dot(q, pi, input_precision="tf32x3")  # fp32-accurate on tensor cores
     out = Out + ((bh * 2 + plane) * 64 + kk[None, :]) * M + rows[:, None]
     tl.store(out, y.to(Out.dtype.element_ty), mask=(rows < M)[:, None])
+
+
+@triton.jit
+def rotate_query_planes(
+    Q, stride_qb, stride_qh, stride_qm, stride_qd,  # [B, H_q, N_q, D]
+    Pi_planes,  # fp32 [2, D, 64]
+    Out,  # [B * H_kv, 2, 64, M]
+    H_KV, N_Q,
+    GROUP: tl.constexpr, M: tl.constexpr, D: tl.constexpr,
+):
+    """Grid (B * H_kv, 2): the query planes of every KV head (:func:`query_planes`)."""
+    query_planes(tl.program_id(0), tl.program_id(1), Q, stride_qb, stride_qh, stride_qm, stride_qd,
+                 Pi_planes, Out, H_KV, N_Q, GROUP, M, D)

@@ -178,9 +178,9 @@ def decode(
     ``parts``: caller-owned (acc, m, l) partials of at least the cached workspace's sizes, and
     optionally a flat fp32 scratch for the Hopper path's query planes (a static cache passes its
     own so that captured graphs depend on no process-wide or per-stream buffer).
-    ``extra_partial(parts, capacity, slot)``: writes one more partial per row into slot ``slot``
-    (rows ``capacity`` slots apart), merged with the splits' (exact tokens:
-    :mod:`tqgen.ops.exact_tokens`); the workspace then has one slot more per row."""
+    ``extra_partial``: an :class:`~tqgen.ops.exact_tokens.ExactPartial` (exact tokens) writing one
+    more partial per row into slot ``num_splits``, merged with the splits'; the workspace then has
+    one slot more per row.  The Hopper path writes it in its query prologue's launch."""
     assert spec.family is Family.ATTN_DECODE
     batch, q_heads, n_q, head_dim = q.shape
     kv_heads, n_kv = k.shape[1], k.shape[2]
@@ -197,7 +197,8 @@ def decode(
     scratch = parts[3] if parts is not None and len(parts) > 3 else None
     pi = rotation_of(k, v)
     if hopper:
-        decode_sm90.launch_partials(spec, q, k, v, sm_scale * LOG2E, plan, (part_acc, part_m, part_l), mask, scratch)
+        decode_sm90.launch_partials(spec, q, k, v, sm_scale * LOG2E, plan, (part_acc, part_m, part_l), mask, scratch,
+                                    extra_partial)
     else:
         margs, has_mask, is_bool = mask_args(mask, q)
         kernel(spec)[(plan.num_splits, batch * kv_heads)](
@@ -214,7 +215,7 @@ def decode(
             BLOCK_M=decode_block_m(n_q, spec.group), BLOCK_N=block_n,
             num_warps=config["num_warps"], num_stages=config["num_stages"],
         )  # fmt: skip
-    if extra_partial is not None:
+    if extra_partial is not None and not hopper:
         extra_partial((part_acc, part_m, part_l), plan.capacity, plan.num_splits)
     kernel(reduce)[(cdiv(rows, REDUCE_ROWS),)](
         part_acc, part_m, part_l, plan.capacity, plan.num_splits + (extra_partial is not None),

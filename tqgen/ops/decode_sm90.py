@@ -177,12 +177,15 @@ def launch_partials(
     workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     mask: torch.Tensor | None = None,
     scratch: torch.Tensor | None = None,
+    exact: Any = None,
 ) -> None:
     """Query prologue, then the Gluon split-K kernel writing the partials ``decode_reduce`` merges.
 
     ``mask``: None or a key-padding bool mask accepted by :func:`supports`.  ``scratch``: a
     caller-owned flat fp32 tensor of at least :func:`planes_numel` elements for the query planes
-    (else a cached per-stream buffer)."""
+    (else a cached per-stream buffer).  ``exact``: an exact-token partial
+    (:class:`tqgen.ops.exact_tokens.ExactPartial`) the prologue's launch writes into slot
+    ``plan.num_splits``."""
     rotate_query_planes, k4v4_decode_sm90 = _kernels()
     batch, _, n_q, _ = q.shape
     kv_heads, n_kv = k.shape[1], k.shape[2]
@@ -191,15 +194,18 @@ def launch_partials(
         planes = _q_planes(q.device, q.dtype, batch * kv_heads, m)
     else:
         planes = scratch.view(q.dtype)[: batch * kv_heads * 2 * 64 * m].view(batch * kv_heads, 2, 64, m)
-    rotate_query_planes[(batch * kv_heads, 2)](
-        q, *q.stride(), _pi_planes(k.rotation), planes, kv_heads, n_q,
-        GROUP=spec.group, M=m, D=HEAD_DIM, num_warps=4,
-    )  # fmt: skip
+    part_acc, part_m, part_l = workspace
+    if exact is None:
+        rotate_query_planes[(batch * kv_heads, 2)](
+            q, *q.stride(), _pi_planes(k.rotation), planes, kv_heads, n_q,
+            GROUP=spec.group, M=m, D=HEAD_DIM, num_warps=4,
+        )  # fmt: skip
+    else:
+        exact.launch_with_query_planes(workspace, plan.capacity, plan.num_splits, _pi_planes(k.rotation), planes, m)
     k_lookup, v_lookup = _kernel_sources(_tables(k.centroids, q.dtype))
     kn = k.norms.squeeze(-1) if k.norms.dim() == 4 else k.norms
     vn = v.norms.squeeze(-1) if v.norms.dim() == 4 else v.norms
     v_pairs = v.packed.view(torch.int16)  # 2-byte code pairs: the kernel reads V 16 bits at a time
-    part_acc, part_m, part_l = workspace
     keys = mask.view(torch.uint8)[:, 0, 0] if mask is not None else kn  # [B, N_kv] (kn: unused stand-in)
     k4v4_decode_sm90[(plan.num_splits, batch * kv_heads)](
         planes,

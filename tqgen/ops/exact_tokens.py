@@ -6,10 +6,12 @@ recent ones.  :class:`ExactTokens` carries them, and :func:`attention_with_exact
 ``[head exact tokens, compressed middle, tail exact tokens]`` in one call:
 
 * decode (N_q <= 16): the split-K decode kernel (Triton, or the Hopper Gluon kernel) walks the
-  compressed middle once and writes its per-split partials; :func:`exact_partial_kernel` writes
-  the exact tokens' partial into one more workspace slot (``num_splits``), in the same format
-  (fp32 acc in the rotated space when V is compressed, row max m and sum l in base-2 units),
-  and the unchanged ``decode_reduce`` merges ``num_splits + 1`` partials.
+  compressed middle once and writes its per-split partials; :class:`ExactPartial` writes the
+  exact tokens' partial into one more workspace slot (``num_splits``), in the same format (fp32
+  acc in the rotated space when V is compressed, row max m and sum l in base-2 units), and the
+  unchanged ``decode_reduce`` merges ``num_splits + 1`` partials.  The Triton path launches it
+  after the split-K kernel; the Hopper path writes it in the launch of its query prologue
+  (:func:`query_planes_and_exact_kernel`), so the exact tokens add no launch to a decode step.
 * prefill (N_q > 16): the compressed middle is decompressed and the vanilla prefill kernel runs
   over the concatenation (same softmax up to rounding: decompression adds the key offset back,
   and the offset only shifts every score of a query by ``q . mu``).
@@ -33,10 +35,11 @@ import triton.language as tl
 from torch import Tensor
 
 from tqgen.compressed import CompressedTensor
+from tqgen.gluon.query_planes import query_planes
 from tqgen.spec import DECODE_MAX_Q
 from tqgen.validation import FLOAT_DTYPES, check_shape, check_tensor, forward_only, wants_grad
 
-__all__ = ["ExactTokens", "attention_with_exact", "decode_attention_exact", "exact_workspace_numel"]
+__all__ = ["ExactPartial", "ExactTokens", "attention_with_exact", "decode_attention_exact", "exact_workspace_numel"]
 
 LOG2E = 1.4426950408889634
 BLOCK_N = 32  # exact tokens per tile
@@ -64,8 +67,9 @@ class ExactTokens:
 
 
 # ------------------------------------------------------------------- kernel
-@triton.jit(do_not_specialize=["N_Q", "N_HEAD", "N_MID", "N_EXACT", "slot"])
-def exact_partial_kernel(
+@triton.jit
+def exact_partial(
+    pid_bh,  # b * H_kv + kv_head
     Q, stride_qb, stride_qh, stride_qm, stride_qd,  # [B, H_q, N_q, D]
     EK, stride_kb, stride_kh, stride_kn, stride_kd,  # exact keys [B, H_kv, E, D]
     EV, stride_vb, stride_vh, stride_vn, stride_vd,  # exact values [B, H_kv, E, D]
@@ -80,11 +84,10 @@ def exact_partial_kernel(
     HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One program per (b, kv_head): every query row of the KV head against every exact token,
-    written as one split-K partial (slot ``slot``) for ``decode_reduce``.  The dots run on tensor
-    cores in Q's dtype with fp32 accumulation, as in the decode kernels; an ieee fp32 version
-    cost 25-115 us on an H200 (CUDA cores), 17-80% of a long decode step."""
-    pid_bh = tl.program_id(0)
+    """Every query row of one KV head against every exact token, written as one split-K partial
+    (slot ``slot``) for ``decode_reduce``.  The dots run on tensor cores in Q's dtype with fp32
+    accumulation, as in the decode kernels; an ieee fp32 version cost 25-115 us on an H200 (CUDA
+    cores), 17-80% of a long decode step."""
     b = (pid_bh // H_KV).to(tl.int64)
     kv_head = pid_bh % H_KV
     rows = tl.arange(0, BLOCK_M)  # row r -> query position r // GROUP, head r % GROUP
@@ -152,64 +155,165 @@ def exact_partial_kernel(
     tl.store(Part_acc + part[:, None] * HEAD_DIM + d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
 
 
+@triton.jit(do_not_specialize=["N_Q", "N_HEAD", "N_MID", "N_EXACT", "slot"])
+def exact_partial_kernel(
+    Q, stride_qb, stride_qh, stride_qm, stride_qd,  # [B, H_q, N_q, D]
+    EK, stride_kb, stride_kh, stride_kn, stride_kd,  # exact keys [B, H_kv, E, D]
+    EV, stride_vb, stride_vh, stride_vn, stride_vd,  # exact values [B, H_kv, E, D]
+    Mu, stride_mub, stride_muh,  # fp32 key offset [B, H_kv, 1, D] (when HAS_MU)
+    Pi,  # fp32 [D, D] rotation (when ROTATE): the partial's acc is acc @ Pi^T
+    Part_acc, Part_m, Part_l, max_splits, slot,  # fp32 partials [B, H_q, N_q, max_splits(, D)]
+    Mask, stride_mb, stride_mh, stride_mm, stride_mn,  # over the whole sequence [B, H_q, N_q, N_total]
+    qk_scale,  # sm_scale * log2(e)
+    N_Q, N_HEAD, N_MID, N_EXACT, H_KV,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    HAS_MU: tl.constexpr, ROTATE: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Grid (B * H_kv,): the exact tokens' partial, one program per KV head."""
+    exact_partial(
+        tl.program_id(0),
+        Q, stride_qb, stride_qh, stride_qm, stride_qd,
+        EK, stride_kb, stride_kh, stride_kn, stride_kd,
+        EV, stride_vb, stride_vh, stride_vn, stride_vd,
+        Mu, stride_mub, stride_muh,
+        Pi,
+        Part_acc, Part_m, Part_l, max_splits, slot,
+        Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+        qk_scale,
+        N_Q, N_HEAD, N_MID, N_EXACT, H_KV,
+        GROUP, HEAD_DIM, D_PAD, HAS_MU, ROTATE, CAUSAL, HAS_MASK, MASK_IS_BOOL, BLOCK_M, BLOCK_N,
+    )  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["N_Q", "N_HEAD", "N_MID", "N_EXACT", "slot"])
+def query_planes_and_exact_kernel(
+    Q, stride_qb, stride_qh, stride_qm, stride_qd,  # [B, H_q, N_q, D]
+    Pi_planes, Planes,  # the Hopper decode kernel's query prologue (tqgen.gluon.query_planes)
+    EK, stride_kb, stride_kh, stride_kn, stride_kd,  # exact keys [B, H_kv, E, D]
+    EV, stride_vb, stride_vh, stride_vn, stride_vd,  # exact values [B, H_kv, E, D]
+    Mu, stride_mub, stride_muh,  # fp32 key offset [B, H_kv, 1, D] (when HAS_MU)
+    Pi,  # fp32 [D, D] rotation (when ROTATE): the partial's acc is acc @ Pi^T
+    Part_acc, Part_m, Part_l, max_splits, slot,  # fp32 partials [B, H_q, N_q, max_splits(, D)]
+    Mask, stride_mb, stride_mh, stride_mm, stride_mn,  # over the whole sequence [B, H_q, N_q, N_total]
+    qk_scale,  # sm_scale * log2(e)
+    N_Q, N_HEAD, N_MID, N_EXACT, H_KV,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    HAS_MU: tl.constexpr, ROTATE: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    M: tl.constexpr,  # query rows of the Hopper kernel's MMA (8 or 16)
+):
+    """Grid (B * H_kv, 3): programs 0 and 1 write the Hopper decode kernel's rotated query planes
+    (even and odd coordinates), program 2 the exact tokens' partial.  One launch before the
+    split-K kernel instead of one on each side of it: the exact tokens then cost a decode step
+    no launch of their own."""
+    if tl.program_id(1) < 2:
+        query_planes(tl.program_id(0), tl.program_id(1), Q, stride_qb, stride_qh, stride_qm, stride_qd,
+                     Pi_planes, Planes, H_KV, N_Q, GROUP, M, HEAD_DIM)
+    else:
+        exact_partial(
+            tl.program_id(0),
+            Q, stride_qb, stride_qh, stride_qm, stride_qd,
+            EK, stride_kb, stride_kh, stride_kn, stride_kd,
+        EV, stride_vb, stride_vh, stride_vn, stride_vd,
+        Mu, stride_mub, stride_muh,
+        Pi,
+        Part_acc, Part_m, Part_l, max_splits, slot,
+        Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+        qk_scale,
+        N_Q, N_HEAD, N_MID, N_EXACT, H_KV,
+        GROUP, HEAD_DIM, D_PAD, HAS_MU, ROTATE, CAUSAL, HAS_MASK, MASK_IS_BOOL, BLOCK_M, BLOCK_N,
+        )  # fmt: skip
+
+
 @functools.lru_cache(maxsize=1)
-def _lean_kernel():
+def _lean_kernels():
     from tqgen.ops.launch import LeanKernel
 
-    return LeanKernel(exact_partial_kernel)
+    return LeanKernel(exact_partial_kernel), LeanKernel(query_planes_and_exact_kernel)
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
-def write_exact_partial(
-    q: Tensor,
-    exact: ExactTokens,
-    n_mid: int,
-    key_offset: Tensor | None,
-    rotation: Tensor | None,
-    parts: tuple[Tensor, Tensor, Tensor],
-    capacity: int,
-    slot: int,
-    qk_scale: float,
-    mask: Tensor | None,
-    causal: bool,
-) -> None:
-    """Write the exact tokens' split-K partial into slot ``slot`` of ``parts`` (one launch).
+@dataclass(frozen=True)
+class ExactPartial:
+    """The exact tokens' split-K partial of one decode call, written into a slot of the partials.
 
-    ``mask``: None or broadcast to ``[B, H_q, N_q, n_head + n_mid + n_tail]`` (the whole sequence);
-    ``rotation``: Pi when V is compressed (the partial is then in the rotated space), else None;
-    ``key_offset``: the compressed keys' offset (fp32 ``[B, H_kv, 1, D]``) or None."""
-    batch, q_heads, n_q, head_dim = q.shape
-    kv_heads = exact.keys.shape[1]
-    group = q_heads // kv_heads
-    part_acc, part_m, part_l = parts
-    ek, ev = exact.keys, exact.values
-    if mask is None:
-        margs, has_mask, is_bool = [q, 0, 0, 0, 0], False, False
-    else:
-        m = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
-        margs, has_mask, is_bool = [m, *m.stride()], True, mask.dtype == torch.bool
-    mu = key_offset if key_offset is not None else q
-    mu_strides = (key_offset.stride(0), key_offset.stride(1)) if key_offset is not None else (0, 0)
-    pi = rotation if rotation is not None else q
-    _lean_kernel()[(batch * kv_heads,)](
-        q, *q.stride(),
-        ek, *ek.stride(),
-        ev, *ev.stride(),
-        mu, *mu_strides,
-        pi,
-        part_acc, part_m, part_l, capacity, slot,
-        *margs,
-        qk_scale,
-        n_q, exact.n_head, n_mid, exact.count, kv_heads,
-        GROUP=group, HEAD_DIM=head_dim, D_PAD=max(16, _next_pow2(head_dim)),
-        HAS_MU=key_offset is not None, ROTATE=rotation is not None, CAUSAL=bool(causal),
-        HAS_MASK=has_mask, MASK_IS_BOOL=is_bool,
-        BLOCK_M=max(16, _next_pow2(n_q * group)), BLOCK_N=BLOCK_N,
-        num_warps=4, num_stages=1,
-    )  # fmt: skip
+    The decode launcher calls it (one launch after the split-K kernel), or, on the Hopper path,
+    passes :meth:`kernel_args` to the query prologue, which then writes it in the same launch.
+
+    Attributes:
+        q: the queries ``[B, H_q, N_q, D]``.
+        exact: the exact tokens.
+        n_mid: how many compressed tokens lie between the head and tail exact tokens.
+        key_offset: the compressed keys' offset (fp32 ``[B, H_kv, 1, D]``) or None.
+        rotation: fp32 Pi when V is compressed (the partial is then in the rotated space), else None.
+        qk_scale: sm_scale * log2(e).
+        mask: None or broadcast to ``[B, H_q, N_q, n_head + n_mid + n_tail]`` (the whole sequence).
+        causal: bottom-right causal over the whole sequence.
+    """
+
+    q: Tensor
+    exact: ExactTokens
+    n_mid: int
+    key_offset: Tensor | None
+    rotation: Tensor | None
+    qk_scale: float
+    mask: Tensor | None
+    causal: bool
+
+    def kernel_args(self, parts: tuple[Tensor, Tensor, Tensor], capacity: int, slot: int
+                    ) -> tuple[list[object], dict[str, object]]:
+        """The kernels' arguments after Q and its strides, and their constexprs, for writing the
+        partial into slot ``slot`` of ``parts`` (rows ``capacity`` slots apart)."""
+        q, exact, key_offset = self.q, self.exact, self.key_offset
+        batch, q_heads, n_q, head_dim = q.shape
+        kv_heads = exact.keys.shape[1]
+        group = q_heads // kv_heads
+        ek, ev = exact.keys, exact.values
+        if self.mask is None:
+            margs, has_mask, is_bool = [q, 0, 0, 0, 0], False, False
+        else:
+            m = self.mask.view(torch.uint8) if self.mask.dtype == torch.bool else self.mask
+            margs, has_mask, is_bool = [m, *m.stride()], True, self.mask.dtype == torch.bool
+        mu = key_offset if key_offset is not None else q
+        mu_strides = (key_offset.stride(0), key_offset.stride(1)) if key_offset is not None else (0, 0)
+        pi = self.rotation if self.rotation is not None else q
+        args = [
+            ek, *ek.stride(),
+            ev, *ev.stride(),
+            mu, *mu_strides,
+            pi,
+            *parts, capacity, slot,
+            *margs,
+            self.qk_scale,
+            n_q, exact.n_head, self.n_mid, exact.count, kv_heads,
+        ]  # fmt: skip
+        constexprs = dict(
+            GROUP=group, HEAD_DIM=head_dim, D_PAD=max(16, _next_pow2(head_dim)),
+            HAS_MU=key_offset is not None, ROTATE=self.rotation is not None, CAUSAL=bool(self.causal),
+            HAS_MASK=has_mask, MASK_IS_BOOL=is_bool,
+            BLOCK_M=max(16, _next_pow2(n_q * group)), BLOCK_N=BLOCK_N,
+        )  # fmt: skip
+        return args, constexprs
+
+    def __call__(self, parts: tuple[Tensor, Tensor, Tensor], capacity: int, slot: int) -> None:
+        """Write the partial into slot ``slot`` of ``parts`` (one launch, a program per KV head)."""
+        args, constexprs = self.kernel_args(parts, capacity, slot)
+        grid = (self.q.shape[0] * self.exact.keys.shape[1],)
+        _lean_kernels()[0][grid](self.q, *self.q.stride(), *args, **constexprs, num_warps=4, num_stages=1)
+
+    def launch_with_query_planes(self, parts: tuple[Tensor, Tensor, Tensor], capacity: int, slot: int,
+                                 pi_planes: Tensor, planes: Tensor, m: int) -> None:
+        """The Hopper decode prologue and this partial in one launch (``query_planes_and_exact_kernel``)."""
+        args, constexprs = self.kernel_args(parts, capacity, slot)
+        grid = (self.q.shape[0] * self.exact.keys.shape[1], 3)
+        _lean_kernels()[1][grid](self.q, *self.q.stride(), pi_planes, planes, *args, **constexprs, M=m,
+                                 num_warps=4, num_stages=1)
 
 
 # ----------------------------------------------------------- the split of a call
@@ -368,10 +472,7 @@ def attention_with_exact(
     if key_offset is not None:
         key_offset = as_dtype(key_offset, torch.float32)
 
-    def write(parts: tuple[Tensor, Tensor, Tensor], capacity: int, slot: int) -> None:
-        write_exact_partial(q, exact, n_mid, key_offset, rotation, parts, capacity, slot, scale * LOG2E,
-                            ex_mask, ex_causal)
-
+    write = ExactPartial(q, exact, n_mid, key_offset, rotation, scale * LOG2E, ex_mask, ex_causal)
     return attention(q, k, v, sm_scale, mid_causal, mid_mask, out=out, schedule="decode", extra_partial=write)
 
 
@@ -446,8 +547,7 @@ def decode_attention_exact(
     scale = float(sm_scale)
     pi = rotation.to(torch.float32) if v_bits else None
 
-    def write(parts: tuple[Tensor, Tensor, Tensor], capacity: int, slot: int) -> None:
-        write_exact_partial(q, exact, n_mid, key_offset, pi, parts, capacity, slot, scale * LOG2E, ex_mask, ex_causal)
+    write = ExactPartial(q, exact, n_mid, key_offset, pi, scale * LOG2E, ex_mask, ex_causal)
 
     reduce = reduce_spec(spec)
     attention_ops.decode(spec, config, reduce, launch_config(reduce, q.device), q, kk, vv, out, scale, mid_mask,
