@@ -4,9 +4,12 @@ Used whenever the tune cache has no entry, so ``python -m tqgen build --arch sm_
 works on a machine without a GPU.  Rules (README "Tuning" repeats them):
 
 * prefill: BLOCK_M query rows (query heads of a GQA group flattened in), BLOCK_N
-  keys per tile; 128x64 with 8 warps when the arch has >= 160 KB of shared memory,
-  D <= 128 and V is uncompressed, else 64x64 (64x32 for D > 128) with 4 warps; as
-  many pipeline stages (2-3) as fit the shared memory.  (Compressed V with
+  keys per tile.  Uncompressed V on an arch with >= 200 KB of shared memory (sm_90):
+  ``HOPPER_PREFILL`` by padded head dim, the best of 9 configs at B=1 N=8192 and B=4
+  N=4096, causal and not, and for 1024/4096 queries onto 32768 keys (H200, 2026-12-02).
+  Otherwise 128x64 with 8 warps when the arch has >= 160 KB, D <= 128 and V is
+  uncompressed, else 64x64 (64x32 for D > 128) with 4 warps; as many pipeline stages
+  (2-3) as fit the shared memory.  (Compressed V with
   BLOCK_M=128 and 8 warps gave NaN / an illegal address with Triton 3.6 on an
   H200, 2026-11-21: never a default, and the tuner skips it.)
 * decode: BLOCK_N = 64 keys per tile (32 for D > 128), 4 warps, 2 stages; the split
@@ -40,6 +43,10 @@ def _attention_smem(block_m: int, block_n: int, d_pad: int, stages: int) -> int:
     return 2 * (stages * 2 * block_n * d_pad * 2 + block_m * d_pad * 2)
 
 
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) of plain-V prefill on sm_90, by padded head dim.
+HOPPER_PREFILL = {64: (128, 64, 8, 3), 128: (128, 128, 8, 3), 256: (128, 64, 8, 2)}
+
+
 def default_config(spec: VariantSpec, limits: ArchLimits) -> Config:
     d_pad = max(16, next_pow2(spec.head_dim))
     fam = spec.family
@@ -55,6 +62,9 @@ def default_config(spec: VariantSpec, limits: ArchLimits) -> Config:
         return {"BLOCK_T": 64, "num_warps": 4, "num_stages": 1}
 
     if fam is Family.ATTN_PREFILL:
+        if spec.v_bits is None and limits.smem_per_block >= 200 * 1024 and d_pad in HOPPER_PREFILL:
+            block_m, block_n, warps, stages = HOPPER_PREFILL[d_pad]
+            return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
         big = limits.smem_per_block >= 160 * 1024 and d_pad <= 128 and spec.v_bits is None
         block_m = 128 if big else 64
         block_n = 64 if d_pad <= 128 else 32
