@@ -5,7 +5,10 @@
 the inputs, picks the schedule (split-K decode for N_q <= 16, else prefill), the
 generated variant (rendered on demand outside the committed matrix) and the launch
 config (tune cache or arch default), and hands them to the launchers in
-:mod:`tqgen.ops.attention`, which check nothing.  It never benchmarks.
+:mod:`tqgen.ops.attention`, which check nothing.  It never benchmarks.  The prefill schedule
+over compressed K/V takes the method :func:`tqgen.tuning.prefill_route.prefill_method` names:
+on a GPU, decompress then the vanilla kernel (:mod:`tqgen.ops.prefill_dequant`), else the
+fused compressed kernel.
 ``launch_attention`` is the same dispatch without the checks, for tqgen's own callers
 whose inputs pass them by construction (the Hugging Face backend reading its cache).
 
@@ -24,10 +27,12 @@ import torch
 
 from tqgen.compressed import CompressedTensor
 from tqgen.ops import attention as attention_ops
+from tqgen.ops import prefill_dequant
 from tqgen.quant.packing import packed_width
 from tqgen.spec import DECODE_MAX_Q, Family, VariantSpec, reduce_spec
 from tqgen.tuning import launch_config, shape_bucket
 from tqgen.tuning.cache import register_invalidator
+from tqgen.tuning.prefill_route import keys_to_original_space, prefill_method
 from tqgen.validation import (
     FLOAT_DTYPES,
     as_last_dim_contiguous,
@@ -129,13 +134,19 @@ def _check_out(out: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------- lean dispatch
 @dataclass(frozen=True)
 class _Plan:
-    """What a call resolves to besides its sizes: the variant, and for decode the reduce variant
-    and its config (a reduce config has no shape bucket)."""
+    """What a call resolves to besides its sizes: the variant, for decode the reduce variant
+    and its config (a reduce config has no shape bucket), and for compressed prefill what the
+    dequantise method runs: the vanilla variant, K's decompress variants into the rotated
+    space (index 0) and the original space (1), and V's into the rotated space (``None`` when
+    that operand is plain)."""
 
     decode: bool
     spec: VariantSpec
     reduce: VariantSpec | None
     reduce_config: dict[str, int] | None
+    vanilla: VariantSpec | None = None
+    k_codecs: tuple[VariantSpec, VariantSpec] | None = None
+    v_codec: VariantSpec | None = None
 
 
 _PLAN_OF: dict[tuple, _Plan] = {}  # (decode, head_dim, k_bits, v_bits, group, causal, device) -> plan
@@ -152,8 +163,17 @@ def _plan(decode: bool, head_dim: int, k_bits: int | None, v_bits: int | None, g
         family = Family.ATTN_DECODE if decode else Family.ATTN_PREFILL
         rotate = k_bits is not None or v_bits is not None
         spec = VariantSpec(family, head_dim, k_bits, v_bits, group, causal, rotate)
-        reduce = reduce_spec(spec) if decode else None
-        plan = _Plan(decode, spec, reduce, launch_config(reduce, device) if decode else None)
+        if decode:
+            reduce = reduce_spec(spec)
+            plan = _Plan(decode, spec, reduce, launch_config(reduce, device))
+        elif rotate:  # compressed prefill: also what the dequantise method needs
+            vanilla = VariantSpec(family, head_dim, None, None, group, causal)
+            k_codecs = None if k_bits is None else (VariantSpec(Family.DECOMPRESS, head_dim, k_bits, rotate=False),
+                                                    VariantSpec(Family.DECOMPRESS, head_dim, k_bits, rotate=True))
+            v_codec = None if v_bits is None else VariantSpec(Family.DECOMPRESS, head_dim, v_bits, rotate=False)
+            plan = _Plan(decode, spec, None, None, vanilla, k_codecs, v_codec)
+        else:
+            plan = _Plan(decode, spec, None, None)
         if len(_PLAN_OF) >= _MAX_PLANS:
             _PLAN_OF.clear()
         _PLAN_OF[key] = plan
@@ -228,6 +248,8 @@ def _launch(plan: _Plan, q: torch.Tensor, k: KV, v: KV, out: torch.Tensor, scale
     """Look up the launch config of this call's shape bucket and launch (every input is checked)."""
     batch, _, n_q, _ = q.shape
     spec = plan.spec
+    if plan.vanilla is not None and prefill_method(spec, q.device) == "dequant":  # compressed prefill
+        return _launch_dequantised(plan, q, k, v, out, scale, mask, n_kv)
     config = launch_config(spec, q.device, shape_bucket(spec, n_q, n_kv, batch * _kv_heads(k)))
     if not plan.decode:
         return attention_ops.prefill(spec, config, q, k, v, out, scale, mask)
@@ -235,6 +257,23 @@ def _launch(plan: _Plan, q: torch.Tensor, k: KV, v: KV, out: torch.Tensor, scale
         return attention_ops.decode(spec, config, plan.reduce, plan.reduce_config, q, k, v, out, scale, mask,
                                     extra_partial=extra_partial)
     return attention_ops.decode(spec, config, plan.reduce, plan.reduce_config, q, k, v, out, scale, mask)
+
+
+def _launch_dequantised(plan: _Plan, q: torch.Tensor, k: KV, v: KV, out: torch.Tensor, scale: float,
+                        mask: torch.Tensor | None, n_kv: int) -> torch.Tensor:
+    """Compressed prefill by the dequantise method: decompress, then the vanilla variant (configs
+    of this call; K's space by ``keys_to_original_space``)."""
+    batch, q_heads, n_q, _ = q.shape
+    kv_heads = _kv_heads(k)
+    k_codec = v_codec = None
+    if plan.k_codecs is not None:
+        k_spec = plan.k_codecs[keys_to_original_space(batch * q_heads * n_q, batch * kv_heads * n_kv)]
+        k_codec = (k_spec, launch_config(k_spec, q.device))
+    if plan.v_codec is not None:
+        v_codec = (plan.v_codec, launch_config(plan.v_codec, q.device))
+    spec = plan.vanilla
+    config = launch_config(spec, q.device, shape_bucket(spec, n_q, n_kv, batch * kv_heads))
+    return prefill_dequant.prefill(spec, config, k_codec, v_codec, q, k, v, out, scale, mask)
 
 
 def _launch_unchecked(plan: _Plan, q: torch.Tensor, k: KV, v: KV, sm_scale: float | None,
