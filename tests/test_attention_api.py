@@ -75,14 +75,19 @@ def test_seed_wrapper_errors(device: str) -> None:
 
 @pytest.mark.parametrize("n_q,family", [(1, Family.ATTN_DECODE), (16, Family.ATTN_DECODE), (17, Family.ATTN_PREFILL)])
 def test_dispatch(n_q: int, family: Family, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """N_q <= 16 takes the split-K decode schedule; the variant follows the operands."""
+    """N_q <= 16 takes the split-K decode schedule; the variant follows the operands (prefill: the
+    fused compressed kernel, which the GPU default replaces by dequantise-then-vanilla, checked in
+    tests/ops/test_prefill_dequant.py)."""
+    from tqgen.tuning.prefill_route import force_prefill_method
+
     seen: list[VariantSpec] = []
     real_decode, real_prefill = api.attention_ops.decode, api.attention_ops.prefill
     monkeypatch.setattr(api.attention_ops, "decode", lambda spec, *a: seen.append(spec) or real_decode(spec, *a))
     monkeypatch.setattr(api.attention_ops, "prefill", lambda spec, *a: seen.append(spec) or real_prefill(spec, *a))
     q, k, v = _qkv(device, nq=n_q, hq=6, hkv=2)
     kc = CompressedTensor(*_compressed(k, 4)[:2], 4, 64, *_compressed(k, 4)[2:4])
-    api.attention(q, kc, v, is_causal=True)
+    with force_prefill_method("fused"):
+        api.attention(q, kc, v, is_causal=True)
     assert seen == [VariantSpec(family, 64, 4, None, 3, True, True)]
 
 

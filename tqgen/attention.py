@@ -32,7 +32,7 @@ from tqgen.quant.packing import packed_width
 from tqgen.spec import DECODE_MAX_Q, Family, VariantSpec, reduce_spec
 from tqgen.tuning import launch_config, shape_bucket
 from tqgen.tuning.cache import register_invalidator
-from tqgen.tuning.prefill_route import keys_to_original_space, prefill_method
+from tqgen.tuning.prefill_route import prefill_method, to_original_space
 from tqgen.validation import (
     FLOAT_DTYPES,
     as_last_dim_contiguous,
@@ -136,9 +136,8 @@ def _check_out(out: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 class _Plan:
     """What a call resolves to besides its sizes: the variant, for decode the reduce variant
     and its config (a reduce config has no shape bucket), and for compressed prefill what the
-    dequantise method runs: the vanilla variant, K's decompress variants into the rotated
-    space (index 0) and the original space (1), and V's into the rotated space (``None`` when
-    that operand is plain)."""
+    dequantise method runs: the vanilla variant, and K's and V's decompress variants into the
+    rotated space (index 0) and the original space (1) (``None`` when that operand is plain)."""
 
     decode: bool
     spec: VariantSpec
@@ -146,7 +145,7 @@ class _Plan:
     reduce_config: dict[str, int] | None
     vanilla: VariantSpec | None = None
     k_codecs: tuple[VariantSpec, VariantSpec] | None = None
-    v_codec: VariantSpec | None = None
+    v_codecs: tuple[VariantSpec, VariantSpec] | None = None
 
 
 _PLAN_OF: dict[tuple, _Plan] = {}  # (decode, head_dim, k_bits, v_bits, group, causal, device) -> plan
@@ -168,10 +167,10 @@ def _plan(decode: bool, head_dim: int, k_bits: int | None, v_bits: int | None, g
             plan = _Plan(decode, spec, reduce, launch_config(reduce, device))
         elif rotate:  # compressed prefill: also what the dequantise method needs
             vanilla = VariantSpec(family, head_dim, None, None, group, causal)
-            k_codecs = None if k_bits is None else (VariantSpec(Family.DECOMPRESS, head_dim, k_bits, rotate=False),
-                                                    VariantSpec(Family.DECOMPRESS, head_dim, k_bits, rotate=True))
-            v_codec = None if v_bits is None else VariantSpec(Family.DECOMPRESS, head_dim, v_bits, rotate=False)
-            plan = _Plan(decode, spec, None, None, vanilla, k_codecs, v_codec)
+            k_codecs, v_codecs = (None if bits is None else (VariantSpec(Family.DECOMPRESS, head_dim, bits, rotate=False),
+                                                             VariantSpec(Family.DECOMPRESS, head_dim, bits, rotate=True))
+                                  for bits in (k_bits, v_bits))
+            plan = _Plan(decode, spec, None, None, vanilla, k_codecs, v_codecs)
         else:
             plan = _Plan(decode, spec, None, None)
         if len(_PLAN_OF) >= _MAX_PLANS:
@@ -262,15 +261,12 @@ def _launch(plan: _Plan, q: torch.Tensor, k: KV, v: KV, out: torch.Tensor, scale
 def _launch_dequantised(plan: _Plan, q: torch.Tensor, k: KV, v: KV, out: torch.Tensor, scale: float,
                         mask: torch.Tensor | None, n_kv: int) -> torch.Tensor:
     """Compressed prefill by the dequantise method: decompress, then the vanilla variant (configs
-    of this call; K's space by ``keys_to_original_space``)."""
+    of this call; the space of K and V by ``to_original_space``)."""
     batch, q_heads, n_q, _ = q.shape
     kv_heads = _kv_heads(k)
-    k_codec = v_codec = None
-    if plan.k_codecs is not None:
-        k_spec = plan.k_codecs[keys_to_original_space(batch * q_heads * n_q, batch * kv_heads * n_kv)]
-        k_codec = (k_spec, launch_config(k_spec, q.device))
-    if plan.v_codec is not None:
-        v_codec = (plan.v_codec, launch_config(plan.v_codec, q.device))
+    original = to_original_space(batch * q_heads * n_q, batch * kv_heads * n_kv)
+    k_codec, v_codec = (None if codecs is None else (codecs[original], launch_config(codecs[original], q.device))
+                        for codecs in (plan.k_codecs, plan.v_codecs))
     spec = plan.vanilla
     config = launch_config(spec, q.device, shape_bucket(spec, n_q, n_kv, batch * kv_heads))
     return prefill_dequant.prefill(spec, config, k_codec, v_codec, q, k, v, out, scale, mask)

@@ -3,9 +3,9 @@ fused compressed kernel, both against the float64 reference.
 
 Every case runs both methods (``force_prefill_method``) on the same fresh random inputs, each into
 a NaN-poisoned output, and holds both to the same tolerance.  A recorder checks what actually ran:
-the vanilla prefill variant after one decompress launch per compressed operand (V in the rotated
-space; K in the space ``keys_to_original_space`` picks: chunks onto a longer cache rotate the
-query, whole prompts un-rotate the keys), or the fused variant alone.
+the vanilla prefill variant after one decompress launch per compressed operand (K and V in the
+space ``to_original_space`` picks: chunks onto a longer cache rotate the query and the output,
+whole prompts un-rotate the keys and values), or the fused variant alone.
 Shapes are tiny (CPU interpreter): KV lengths off the block multiples, N_q 17..40.
 """
 
@@ -23,7 +23,7 @@ from tqgen.compressed import CompressedTensor
 from tqgen.spec import Family, VariantSpec
 from tqgen.testing import assert_close
 from tqgen.tuning import prefill_route
-from tqgen.tuning.prefill_route import METHODS, force_prefill_method, keys_to_original_space, prefill_method
+from tqgen.tuning.prefill_route import METHODS, force_prefill_method, prefill_method, to_original_space
 
 MODES = {"k4v4": (4, 4), "k4": (4, None), "k3v3": (3, 3), "k2v2": (2, 2)}
 
@@ -49,7 +49,7 @@ def check_both(problem: Problem, launches: list[VariantSpec], causal: bool, mask
     expected = problem.reference(causal, mask)
     batch, q_heads, n_q, _ = problem.q.shape
     _, kv_heads, n_kv, _ = problem.k.shape
-    original = keys_to_original_space(batch * q_heads * n_q, batch * kv_heads * n_kv)
+    original = to_original_space(batch * q_heads * n_q, batch * kv_heads * n_kv)
     bits = [x.bits for x in (problem.k, problem.v) if isinstance(x, CompressedTensor)]
     k_compressed, v_compressed = (isinstance(x, CompressedTensor) for x in (problem.k, problem.v))
     outs = {}
@@ -63,7 +63,7 @@ def check_both(problem: Problem, launches: list[VariantSpec], causal: bool, mask
         codecs = [s for s in launches if s.family is Family.DECOMPRESS]
         if method == "dequant":
             assert [s.k_bits for s in codecs] == bits
-            assert [s.rotate for s in codecs] == [original] * k_compressed + [False] * v_compressed
+            assert [s.rotate for s in codecs] == [original] * (k_compressed + v_compressed)
         else:
             assert codecs == []
     return outs
@@ -73,13 +73,13 @@ def check_both(problem: Problem, launches: list[VariantSpec], causal: bool, mask
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("head_dim,group", [(64, 8), (80, 2), (128, 4)])
 def test_chunk_onto_cache(mode: str, head_dim: int, group: int, launches, device: str) -> None:
-    """Causal N_q in 17..40 onto a longer cache (bottom-right): keys in the rotated space."""
+    """Causal N_q in 17..40 onto a longer cache (bottom-right): K and V in the rotated space."""
     k_bits, v_bits = MODES[mode]
     n_q = random_length(17, 40)
     n_kv = n_q * group + random_length(1, 60)
     problem = make_problem(n_q=n_q, n_kv=n_kv, head_dim=head_dim, group=group, k_bits=k_bits, v_bits=v_bits,
                            device=device)
-    assert not keys_to_original_space(n_q * group, n_kv)
+    assert not to_original_space(n_q * group, n_kv)
     check_both(problem, launches, causal=True, name=f"n_q={n_q} n_kv={n_kv}")
 
 
@@ -87,7 +87,7 @@ def test_chunk_onto_cache(mode: str, head_dim: int, group: int, launches, device
 @pytest.mark.parametrize("group", [1, 8])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_whole_prompt(mode: str, group: int, causal: bool, launches, device: str) -> None:
-    """N_q == N_kv, batch 2, two KV heads: keys in the original space (no more keys than queries)."""
+    """N_q == N_kv, batch 2, two KV heads: K and V in the original space (no more keys than queries)."""
     k_bits, v_bits = MODES[mode]
     n = random_length(17, 40)
     problem = make_problem(batch=2, kv_heads=2, n_q=n, n_kv=n, head_dim=128, group=group,
@@ -194,8 +194,8 @@ def test_routing_rule(monkeypatch) -> None:
         with force_prefill_method("fast"):
             pass
     # whole prompts with GQA un-rotate the cache, chunks rotate the queries; ties: original
-    assert keys_to_original_space(32 * 8192, 8 * 8192) and keys_to_original_space(100, 100)
-    assert not keys_to_original_space(32 * 1024, 8 * 32768)
+    assert to_original_space(32 * 8192, 8 * 8192) and to_original_space(100, 100)
+    assert not to_original_space(32 * 1024, 8 * 32768)
 
 
 def test_default_route_of_this_device(launches, device: str) -> None:

@@ -7,36 +7,38 @@ reached only 27-39% of torch SDPA, while the vanilla kernel on plain fp16 K/V re
 TFLOP/s (1.58x SDPA) for 1024 queries onto 32768 keys.  Decompressing costs one pass over the
 codes and one write of K/V, paid once instead of once per query tile.
 
-Method (the codecs name the decompress variants; the caller picks K's space with
-:func:`tqgen.tuning.prefill_route.keys_to_original_space`):
+Method (the codecs name the decompress variants; the caller picks the space of K and V with
+:func:`tqgen.tuning.prefill_route.to_original_space`):
 
 1. decompress each compressed operand with the generated decompress kernel into a scratch
-   tensor in q's dtype: V always in the rotated space (``n * c[idx]``, a ``rotate=False``
-   variant), K in the rotated space or in the original space (``n * c[idx] @ Pi``, a
-   ``rotate=True`` variant);
+   tensor in q's dtype, either in the rotated space (``n * c[idx]``, a ``rotate=False`` variant)
+   or in the original space (``n * c[idx] @ Pi``, a ``rotate=True`` variant);
 2. rotated-space K: rotate the query, ``q_rot = q @ Pi^T`` in fp32, cast to q's dtype (the codes
    live in ``y = x @ Pi^T`` and Pi is orthogonal, so ``q . k = q_rot . k_rot``);
 3. run the vanilla prefill variant ``spec`` (same head_dim, group, causal; no codes, no rotation)
    on the query and the decompressed (or plain) K/V, with the same mask, scale and bottom-right
    causal alignment, so every masking rule is the vanilla kernel's own;
-4. compressed V: the kernel writes ``out_rot`` in fp32 and ``out = out_rot @ Pi`` (fp32) is cast
-   into ``out`` (the output is linear in V: rotating it back once equals un-rotating every value).
+4. rotated-space V: the kernel writes ``out_rot`` in fp32 and ``out = out_rot @ Pi`` (fp32) is
+   cast into ``out`` (the output is linear in V: rotating it back once equals un-rotating every
+   value); original-space V: the kernel writes ``out`` itself (then scaled back by the headroom
+   below, in place).
 
 fp16 headroom: a rotated coordinate of a vector that fits fp16 can exceed fp16's range (up to
 its norm, sqrt(D) times its largest entry), and so can a decompressed entry near the top of the
 range.  So fp16 scratch holds the vectors divided by ``FP16_HEADROOM`` = 16 = sqrt(256) >=
-sqrt(D) (through the codebook, exact: a power of two), and the scale comes back exactly in
-fp32: in ``sm_scale`` for K, in the output rotation for V.  The price is 4 bits of fp16's
-subnormal range: entries below ~1e-3 keep an absolute precision of ~5e-7.
+sqrt(D) (through the codebook, exact: a power of two), and the scale comes back exactly: in
+``sm_scale`` for K, in the fp32 output rotation for rotated-space V, and as an in-place multiply
+of ``out`` for original-space V.  The price is 4 bits of fp16's subnormal range: entries (and,
+for original-space V, outputs) below ~1e-3 keep an absolute precision of ~1e-6.
 
 Centred keys (``CompressedTensor.offset``, README "centred keys") need nothing: the codes hold
 ``k - mu``, which adds the same ``q . mu`` to every score of a query, and softmax is invariant
 under adding a constant to a row (the fused kernels ignore the offset for the same reason).
 
 Transient memory: the scratch K and V, two ``[B, H_kv, N_kv, D]`` tensors in q's dtype (one for
-K-only compression), alive during the call; with compressed V also the fp32 ``out_rot`` and its
-rotation, two fp32 ``[B, H_q, N_q, D]``; with rotated-space K the rotated query in q's dtype and
-its fp32 intermediates (the caller picks that space only when the query has fewer vectors than
+K-only compression), alive during the call; in the rotated space also the fp32 ``out_rot`` and
+its rotation, two fp32 ``[B, H_q, N_q, D]``, and the rotated query in q's dtype with its fp32
+intermediates (the caller picks the rotated space only when the query has fewer vectors than
 the cache).  This is the one launcher that allocates per call; :mod:`tqgen.attention` checks its
 inputs.
 """
@@ -74,11 +76,11 @@ def prefill(
     """Attention of q over K/V (plain or compressed) through decompression and the vanilla kernel.
 
     ``spec``/``config``: the vanilla prefill variant and its launch config.  ``k_codec``/``v_codec``:
-    the decompress variant and config of a compressed K/V (``None`` when plain); K's ``rotate=False``
-    variant brings the query rotation with it, V's must be ``rotate=False``.  Returns ``out``.
+    the decompress variant and config of a compressed K/V (``None`` when plain); a ``rotate=False``
+    (rotated-space) variant brings the query rotation (K) or the output rotation (V) with it.
+    Returns ``out``.
     """
     assert spec.family is Family.ATTN_PREFILL and not spec.compressed and not spec.rotate
-    assert v_codec is None or not v_codec[0].rotate, "values are decompressed into the rotated space"
     headroom = FP16_HEADROOM if q.dtype == torch.float16 else 1.0
     pi = attention_ops.rotation_of(k, v)  # fp32 Pi (cached); K and V share it
     k_hat = _dequantise(k, k_codec, q.dtype, headroom)
@@ -87,11 +89,14 @@ def prefill(
         sm_scale = sm_scale * headroom
         if not k_codec[0].rotate:
             q = torch.matmul(q.float(), pi.T).to(q.dtype)  # y = q @ Pi^T
-    target = torch.empty(q.shape, dtype=torch.float32, device=q.device) if v_codec is not None else out
+    if v_codec is None or v_codec[0].rotate:  # plain or original-space values: out is the kernel's
+        attention_ops.prefill(spec, config, q, k_hat, v_hat, out, sm_scale, mask)
+        return out if v_codec is None or headroom == 1.0 else out.mul_(headroom)  # exact: a power of two
+    target = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     attention_ops.prefill(spec, config, q, k_hat, v_hat, target, sm_scale, mask)
-    if v_codec is not None:  # back from the rotated space (and the headroom): out = out_rot @ (headroom * Pi)
-        scaled = pi if headroom == 1.0 else derived("headroom_pi", pi, headroom, lambda: pi * headroom)
-        out.copy_(torch.matmul(target, scaled))
+    # back from the rotated space (and the headroom): out = out_rot @ (headroom * Pi)
+    scaled = pi if headroom == 1.0 else derived("headroom_pi", pi, headroom, lambda: pi * headroom)
+    out.copy_(torch.matmul(target, scaled))
     return out
 
 

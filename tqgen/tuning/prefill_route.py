@@ -15,8 +15,8 @@ the correctness suite of the fused kernels.  Uncompressed variants have one kern
 it reads K/V as they are).  :func:`force_prefill_method` overrides the rule for tests and
 benchmarks (the module-level switch), in both directions.
 
-:func:`keys_to_original_space` is the dequantise method's one shape choice: which side of the
-rotation gets the D x D product for compressed keys.
+:func:`to_original_space` is the dequantise method's one shape choice: which side of the
+rotation gets the D x D products.
 """
 
 from __future__ import annotations
@@ -58,16 +58,17 @@ def force_prefill_method(method: PrefillMethod) -> Iterator[None]:
         _FORCED.pop()
 
 
-def keys_to_original_space(query_vectors: int, cache_vectors: int) -> bool:
-    """Whether the dequantise method decompresses compressed keys to the original space
-    (k = n * c[idx] @ Pi, the decompress kernel's in-register tensor-core product) instead of the
-    rotated space (n * c[idx]) plus a torch fp32 rotation of the query (q @ Pi^T).
+def to_original_space(query_vectors: int, cache_vectors: int) -> bool:
+    """Whether the dequantise method decompresses compressed K and V to the original space
+    (``n * c[idx] @ Pi``, the decompress kernel's tensor-core product) instead of the rotated
+    space (``n * c[idx]``) plus a torch fp32 rotation of the query (``q @ Pi^T``) and of the
+    output (``out_rot @ Pi``).
 
-    Whichever side has fewer vectors takes the D x D product: ``query_vectors`` is B x H_q x N_q,
+    Whichever side has fewer vectors takes the D x D products: ``query_vectors`` is B x H_q x N_q,
     ``cache_vectors`` B x H_kv x N_kv.  A whole prompt with GQA has ``group`` times fewer keys
-    than queries (8192 tokens, 32/8 heads: the decompress un-rotates 65 k keys instead of torch
-    rotating 262 k queries); a chunk of 1024 queries onto a 32768-token cache has 8x fewer
-    queries.  Ties go to the original space, which needs no extra pass over q.  (Values always
-    stay in the rotated space: see :mod:`tqgen.ops.prefill_dequant`.)
+    than queries (8192 tokens, 32/8 heads: the decompress un-rotates 65 k keys and 65 k values
+    instead of torch rotating 262 k queries and 262 k outputs); a chunk of 1024 queries onto a
+    32768-token cache has 8x fewer queries.  Ties go to the original space, which needs no extra
+    pass over q or the output.
     """
     return cache_vectors <= query_vectors
