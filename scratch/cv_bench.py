@@ -22,8 +22,11 @@ for dt in (torch.float16, torch.bfloat16):
             f = lambda: m.compress_kernel[(min(T // 64 * H, pps * sms),)](x, *x.stride()[:3], rot, bnd, buf.packed, *buf.packed.stride()[:3], buf.norms, *buf.norms.stride()[:3], T, H, 1, 0, BLOCK_T=64, num_warps=4, num_stages=1)
             f(); torch.cuda.synchronize()
             diff = (unpack(buf.packed, 4, D) != unpack(ref.packed, 4, D)).float().mean().item()
+            xf = x.float()
+            mse = lambda c: (tq.decompress(c, dtype=torch.float32) - xf).pow(2).mean().item()
+            mse_ratio = mse(buf) / mse(ref)
             ms = do_bench(f, warmup=25, rep=200, return_mode="median")
             nbytes = x.numel() * 2 + buf.packed.numel() + buf.norms.numel() * 4
-            res[f"{name} {dt} pps{pps}"] = dict(us=ms * 1e3, frac=nbytes / ms / 1e9 / copy, codes_vs_current=diff)
-            print(f"{name:8s} {str(dt)[6:]:9s} pps{pps} {ms*1e3:6.1f} us {nbytes/ms/1e9/copy*100:5.1f}% copy, codes differ from current {diff:.1e}", flush=True)
+            res[f"{name} {dt} pps{pps}"] = dict(us=ms * 1e3, frac=nbytes / ms / 1e9 / copy, codes_vs_current=diff, mse_vs_current=mse_ratio)
+            print(f"{name:8s} {str(dt)[6:]:9s} pps{pps} {ms*1e3:6.1f} us {nbytes/ms/1e9/copy*100:5.1f}% copy, codes differ from current {diff:.1e}, MSE x{mse_ratio:.5f}", flush=True)
 json.dump(res, open(os.path.join(os.environ.get("OUT", "/tmp"), "cv_bench.json"), "w"), indent=1)
