@@ -164,3 +164,31 @@ def test_long_prefill_gpu(kv_mode, device: str) -> None:
     problem = make_problem(kv_heads=8, n_q=1024, n_kv=8192, head_dim=128, group=4,
                            k_bits=k_bits, v_bits=v_bits, device=device)
     problem.check(causal=True)
+
+
+def test_a_config_that_does_not_fit_steps_down(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launch whose config needs more shared memory than the GPU has (fp32 inputs, a mask tile
+    per stage) retries with fewer stages, then narrower tiles, and later launches start there."""
+    from triton.runtime.errors import OutOfResources
+
+    from tqgen.ops import launch
+
+    tried = []
+    real = launch.LeanKernel._launch
+
+    def fake_limit(self, grid, *args, **kwargs):  # pretend only one-stage, <= 32-key tiles fit
+        tried.append((kwargs["num_stages"], kwargs["BLOCK_N"]))
+        if kwargs["num_stages"] > 1 or kwargs["BLOCK_N"] > 32:
+            raise OutOfResources(262144, 232448, "shared memory")
+        return real(self, grid, *args, **kwargs)
+
+    monkeypatch.setattr(launch.LeanKernel, "_launch", fake_limit)
+    monkeypatch.setattr(attention_ops, "_FITTED", {})
+    problem = make_problem(n_q=20, n_kv=70, head_dim=64, group=2, dtype=torch.float32, device=device)
+    spec = VariantSpec(Family.ATTN_PREFILL, 64, None, None, 2, True)
+    config = {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}
+    for _ in range(2):
+        out = poison_(torch.empty_like(problem.q))
+        attention_ops.prefill(spec, config, problem.q, problem.k, problem.v, out, 64 ** -0.5)
+        assert_close(out, problem.reference(causal=True), torch.float32, f"seed={problem.seed}")
+    assert tried == [(3, 128), (2, 128), (1, 128), (1, 64), (1, 32), (1, 32)]

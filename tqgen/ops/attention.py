@@ -13,6 +13,7 @@ import functools
 from typing import Any, Union
 
 import torch
+from triton.runtime.errors import OutOfResources
 
 from tqgen.codegen.context import next_pow2
 from tqgen.ops.launch import kernel  # the generated kernel, launched without Triton's per-call binding
@@ -21,6 +22,7 @@ from tqgen.ops import cdiv, decode_sm90, derived, stream_id
 from tqgen.spec import Family, VariantSpec
 from tqgen.tuning import splits
 from tqgen.tuning.arch import ARCH_LIMITS
+from tqgen.tuning.defaults import smaller_prefill_config
 
 KV = Union[torch.Tensor, CompressedTensor]
 
@@ -72,15 +74,17 @@ def prefill(
     sm_scale: float,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Prefill schedule: grid (row blocks of N_q * group rows, B * H_kv)."""
+    """Prefill schedule: grid (row blocks of N_q * group rows, B * H_kv).
+
+    A config that needs more shared memory than the GPU has (the defaults are sized for 2-byte
+    K/V without a mask) steps down through ``smaller_prefill_config``; the config that compiled
+    is remembered per variant, config and operand kinds, so only the first launch pays."""
     assert spec.family is Family.ATTN_PREFILL
     batch, _, n_q, _ = q.shape
     kv_heads, n_kv = k.shape[1], k.shape[2]
-    block_m = config["BLOCK_M"]
     margs, has_mask, is_bool = mask_args(mask, q)
     pi = [rotation_of(k, v)] if spec.rotate else []
-    grid = (cdiv(n_q * spec.group, block_m), batch * kv_heads)
-    kernel(spec)[grid](
+    args = [
         q, *q.stride(),
         *operand_args(k, q.dtype),
         *operand_args(v, q.dtype),
@@ -89,11 +93,31 @@ def prefill(
         *margs,
         sm_scale * LOG2E,
         n_q, n_kv, kv_heads,
-        HAS_MASK=has_mask, MASK_IS_BOOL=is_bool,
-        BLOCK_M=block_m, BLOCK_N=config["BLOCK_N"],
-        num_warps=config["num_warps"], num_stages=config["num_stages"],
-    )  # fmt: skip
-    return out
+    ]  # fmt: skip
+    key = (spec, tuple(config.items()), q.dtype, _kind(k), _kind(v), has_mask and mask.dtype)
+    config = _FITTED.get(key, config)
+    while True:
+        block_m = config["BLOCK_M"]
+        grid = (cdiv(n_q * spec.group, block_m), batch * kv_heads)
+        try:
+            kernel(spec)[grid](
+                *args, HAS_MASK=has_mask, MASK_IS_BOOL=is_bool, BLOCK_M=block_m, BLOCK_N=config["BLOCK_N"],
+                num_warps=config["num_warps"], num_stages=config["num_stages"],
+            )  # fmt: skip
+        except OutOfResources:
+            config = smaller_prefill_config(config)
+            if config is None:
+                raise
+            _FITTED[key] = config
+            continue
+        return out
+
+
+_FITTED: dict[tuple, dict[str, int]] = {}  # (variant, config, operand kinds) -> a config that fits
+
+
+def _kind(x: KV) -> object:
+    return x.bits if isinstance(x, CompressedTensor) else x.dtype
 
 
 # -------------------------------------------------------------------- decode

@@ -9,7 +9,9 @@ works on a machine without a GPU.  Rules (README "Tuning" repeats them):
   N=4096, causal and not, and for 1024/4096 queries onto 32768 keys (H200, 2026-12-02).
   Otherwise 128x64 with 8 warps when the arch has >= 160 KB, D <= 128 and V is
   uncompressed, else 64x64 (64x32 for D > 128) with 4 warps; as many pipeline stages
-  (2-3) as fit the shared memory.  (Compressed V with
+  (2-3) as fit the shared memory.  These are sized for 2-byte K/V without a mask; a launch
+  that does not fit (fp32 inputs, a mask tile per stage) steps down through
+  ``smaller_prefill_config`` (fewer stages, then narrower tiles).  (Compressed V with
   BLOCK_M=128 and 8 warps gave NaN / an illegal address with Triton 3.6 on an
   H200, 2026-11-21: never a default, and the tuner skips it.)
 * decode: BLOCK_N = 64 keys per tile (32 for D > 128), 4 warps, 2 stages; the split
@@ -45,6 +47,20 @@ def _attention_smem(block_m: int, block_n: int, d_pad: int, stages: int) -> int:
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) of plain-V prefill on sm_90, by padded head dim.
 HOPPER_PREFILL = {64: (128, 64, 8, 3), 128: (128, 128, 8, 3), 256: (128, 64, 8, 2)}
+
+
+def smaller_prefill_config(config: Config) -> Config | None:
+    """The next prefill config to try when ``config`` needs more shared memory than the GPU has:
+    one pipeline stage fewer, else half the key tile (>= 16), else half the query tile (>= 16,
+    4 warps below 128 rows); None when nothing is left to shrink."""
+    if config["num_stages"] > 1:
+        return {**config, "num_stages": config["num_stages"] - 1}
+    if config["BLOCK_N"] > 16:
+        return {**config, "BLOCK_N": config["BLOCK_N"] // 2}
+    if config["BLOCK_M"] > 16:
+        block_m = config["BLOCK_M"] // 2
+        return {**config, "BLOCK_M": block_m, "num_warps": min(config["num_warps"], 8 if block_m >= 128 else 4)}
+    return None
 
 
 def default_config(spec: VariantSpec, limits: ArchLimits) -> Config:
