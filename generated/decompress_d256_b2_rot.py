@@ -20,7 +20,7 @@ def decompress_kernel(
     Codes, stride_cb, stride_ch, stride_cn,  # uint8 [B, H, N, 64]
     Norms, stride_nb, stride_nh, stride_nn,  # fp32 [B, H, N]
     Centroids,  # fp32 [4] codebook
-    Pi,  # fp32 [D, D] rotation, contiguous: original x = y @ Pi
+    Pi,  # fp16 [2, D, D]: the rotation as Pi_hi + Pi_lo, contiguous; original x = y @ Pi
     Out, stride_ob, stride_oh, stride_on,  # [B, H, N, D] fp16/bf16/fp32, last dim contiguous
     N_TOKENS, H,
     BLOCK_T: tl.constexpr,
@@ -38,24 +38,50 @@ def decompress_kernel(
     codes_bytes = tl.load(code_rows[:, None] + j[None, :], mask=token_ok[:, None], other=0).to(tl.int32)
     norm = tl.load(Norms + b * stride_nb + head * stride_nh + tokens.to(tl.int64) * stride_nn, mask=token_ok, other=0.0)
 
-    # -- unpack and gather: plane k is n * c[idx] at the rotated coordinates 4*j + k
-    y_0 = tl.load(Centroids + (codes_bytes >> 6)) * norm[:, None]
-    y_1 = tl.load(Centroids + ((codes_bytes >> 4) & 0x3)) * norm[:, None]
-    y_2 = tl.load(Centroids + ((codes_bytes >> 2) & 0x3)) * norm[:, None]
-    y_3 = tl.load(Centroids + ((codes_bytes >> 0) & 0x3)) * norm[:, None]
-
     out_rows = Out + b * stride_ob + head * stride_oh + tokens.to(tl.int64) * stride_on
-    # -- un-rotate: x = y @ Pi = sum over planes k of y_k @ Pi[4*j + k, :], 64 columns
-    # of x at a time; tf32x3 keeps fp32 accuracy for fp32 outputs.
+    # -- unpack and gather: plane k is c[idx] at the rotated coordinates 4*j + k, split into
+    # fp16 terms c = c_hi + c_lo for the tensor cores
+    c_0 = tl.load(Centroids + (codes_bytes >> 6))
+    c_hi_0 = c_0.to(tl.float16)
+    c_lo_0 = (c_0 - c_hi_0.to(tl.float32)).to(tl.float16)
+    c_1 = tl.load(Centroids + ((codes_bytes >> 4) & 0x3))
+    c_hi_1 = c_1.to(tl.float16)
+    c_lo_1 = (c_1 - c_hi_1.to(tl.float32)).to(tl.float16)
+    c_2 = tl.load(Centroids + ((codes_bytes >> 2) & 0x3))
+    c_hi_2 = c_2.to(tl.float16)
+    c_lo_2 = (c_2 - c_hi_2.to(tl.float32)).to(tl.float16)
+    c_3 = tl.load(Centroids + ((codes_bytes >> 0) & 0x3))
+    c_hi_3 = c_3.to(tl.float16)
+    c_lo_3 = (c_3 - c_hi_3.to(tl.float32)).to(tl.float16)
+
+    # -- un-rotate: x = n * (c @ Pi) = n * sum over planes k of c_k @ Pi[4*j + k, :], 64 columns
+    # of x at a time.  With Pi = Pi_hi + Pi_lo in fp16 too, three fp16 products accumulated in fp32
+    # (c_lo @ Pi_lo lies below fp32 rounding) keep about fp32 accuracy at twice tf32's rate.
     for c in tl.static_range(0, D_PAD, 64):
         cols = c + tl.arange(0, 64)
         x = tl.zeros([BLOCK_T, 64], dtype=tl.float32)
-        pi = tl.load(Pi + (4 * j)[:, None] * HEAD_DIM + cols[None, :])
-        x = tl.dot(y_0, pi, x, input_precision="tf32x3")
-        pi = tl.load(Pi + (4 * j + 1)[:, None] * HEAD_DIM + cols[None, :])
-        x = tl.dot(y_1, pi, x, input_precision="tf32x3")
-        pi = tl.load(Pi + (4 * j + 2)[:, None] * HEAD_DIM + cols[None, :])
-        x = tl.dot(y_2, pi, x, input_precision="tf32x3")
-        pi = tl.load(Pi + (4 * j + 3)[:, None] * HEAD_DIM + cols[None, :])
-        x = tl.dot(y_3, pi, x, input_precision="tf32x3")
-        tl.store(out_rows[:, None] + cols[None, :], x.to(Out.dtype.element_ty), mask=token_ok[:, None])
+        pi_rows = Pi + (4 * j)[:, None] * HEAD_DIM + cols[None, :]
+        pi_hi = tl.load(pi_rows)
+        pi_lo = tl.load(pi_rows + HEAD_DIM * HEAD_DIM)
+        x = tl.dot(c_hi_0, pi_hi, x)
+        x = tl.dot(c_hi_0, pi_lo, x)
+        x = tl.dot(c_lo_0, pi_hi, x)
+        pi_rows = Pi + (4 * j + 1)[:, None] * HEAD_DIM + cols[None, :]
+        pi_hi = tl.load(pi_rows)
+        pi_lo = tl.load(pi_rows + HEAD_DIM * HEAD_DIM)
+        x = tl.dot(c_hi_1, pi_hi, x)
+        x = tl.dot(c_hi_1, pi_lo, x)
+        x = tl.dot(c_lo_1, pi_hi, x)
+        pi_rows = Pi + (4 * j + 2)[:, None] * HEAD_DIM + cols[None, :]
+        pi_hi = tl.load(pi_rows)
+        pi_lo = tl.load(pi_rows + HEAD_DIM * HEAD_DIM)
+        x = tl.dot(c_hi_2, pi_hi, x)
+        x = tl.dot(c_hi_2, pi_lo, x)
+        x = tl.dot(c_lo_2, pi_hi, x)
+        pi_rows = Pi + (4 * j + 3)[:, None] * HEAD_DIM + cols[None, :]
+        pi_hi = tl.load(pi_rows)
+        pi_lo = tl.load(pi_rows + HEAD_DIM * HEAD_DIM)
+        x = tl.dot(c_hi_3, pi_hi, x)
+        x = tl.dot(c_hi_3, pi_lo, x)
+        x = tl.dot(c_lo_3, pi_hi, x)
+        tl.store(out_rows[:, None] + cols[None, :], (x * norm[:, None]).to(Out.dtype.element_ty), mask=token_ok[:, None])

@@ -39,6 +39,7 @@ def decompress_kernel(
     codes_bits2 = tl.load(code_rows[:, None] + j[None, :] + 64, mask=token_ok[:, None], other=0).to(tl.int32)
     norm = tl.load(Norms + b * stride_nb + head * stride_nh + tokens.to(tl.int64) * stride_nn, mask=token_ok, other=0.0)
 
+    out_rows = Out + b * stride_ob + head * stride_oh + tokens.to(tl.int64) * stride_on
     # -- unpack and gather: plane k is n * c[idx] at the rotated coordinates 8*j + k
     y_0 = tl.load(Centroids + (((codes_bits0 >> 7) & 1) | (((codes_bits1 >> 7) & 1) << 1) | (((codes_bits2 >> 7) & 1) << 2))) * norm[:, None]
     y_1 = tl.load(Centroids + (((codes_bits0 >> 6) & 1) | (((codes_bits1 >> 6) & 1) << 1) | (((codes_bits2 >> 6) & 1) << 2))) * norm[:, None]
@@ -49,13 +50,8 @@ def decompress_kernel(
     y_6 = tl.load(Centroids + (((codes_bits0 >> 1) & 1) | (((codes_bits1 >> 1) & 1) << 1) | (((codes_bits2 >> 1) & 1) << 2))) * norm[:, None]
     y_7 = tl.load(Centroids + ((codes_bits0 & 1) | ((codes_bits1 & 1) << 1) | ((codes_bits2 & 1) << 2))) * norm[:, None]
 
-    out_rows = Out + b * stride_ob + head * stride_oh + tokens.to(tl.int64) * stride_on
-    # -- store plane k at the coordinates 8*j + k of the rotated vector
-    tl.store(out_rows[:, None] + (8 * j)[None, :], y_0.to(Out.dtype.element_ty), mask=token_ok[:, None])
-    tl.store(out_rows[:, None] + (8 * j + 1)[None, :], y_1.to(Out.dtype.element_ty), mask=token_ok[:, None])
-    tl.store(out_rows[:, None] + (8 * j + 2)[None, :], y_2.to(Out.dtype.element_ty), mask=token_ok[:, None])
-    tl.store(out_rows[:, None] + (8 * j + 3)[None, :], y_3.to(Out.dtype.element_ty), mask=token_ok[:, None])
-    tl.store(out_rows[:, None] + (8 * j + 4)[None, :], y_4.to(Out.dtype.element_ty), mask=token_ok[:, None])
-    tl.store(out_rows[:, None] + (8 * j + 5)[None, :], y_5.to(Out.dtype.element_ty), mask=token_ok[:, None])
-    tl.store(out_rows[:, None] + (8 * j + 6)[None, :], y_6.to(Out.dtype.element_ty), mask=token_ok[:, None])
-    tl.store(out_rows[:, None] + (8 * j + 7)[None, :], y_7.to(Out.dtype.element_ty), mask=token_ok[:, None])
+    # -- interleave the planes into whole rows (coordinate 8*j + k from plane k) and store them
+    # contiguously: one row store per token instead of 8 strided ones
+    y = tl.interleave(tl.interleave(tl.interleave(y_0, y_4), tl.interleave(y_2, y_6)), tl.interleave(tl.interleave(y_1, y_5), tl.interleave(y_3, y_7)))
+    c = tl.arange(0, 256)
+    tl.store(out_rows[:, None] + c[None, :], y.to(Out.dtype.element_ty), mask=token_ok[:, None])

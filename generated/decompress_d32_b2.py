@@ -37,15 +37,15 @@ def decompress_kernel(
     codes_bytes = tl.load(code_rows[:, None] + j[None, :], mask=token_ok[:, None] & (j < 8)[None, :], other=0).to(tl.int32)
     norm = tl.load(Norms + b * stride_nb + head * stride_nh + tokens.to(tl.int64) * stride_nn, mask=token_ok, other=0.0)
 
+    out_rows = Out + b * stride_ob + head * stride_oh + tokens.to(tl.int64) * stride_on
     # -- unpack and gather: plane k is n * c[idx] at the rotated coordinates 4*j + k
     y_0 = tl.load(Centroids + (codes_bytes >> 6)) * norm[:, None]
     y_1 = tl.load(Centroids + ((codes_bytes >> 4) & 0x3)) * norm[:, None]
     y_2 = tl.load(Centroids + ((codes_bytes >> 2) & 0x3)) * norm[:, None]
     y_3 = tl.load(Centroids + ((codes_bytes >> 0) & 0x3)) * norm[:, None]
 
-    out_rows = Out + b * stride_ob + head * stride_oh + tokens.to(tl.int64) * stride_on
-    # -- store plane k at the coordinates 4*j + k of the rotated vector
-    tl.store(out_rows[:, None] + (4 * j)[None, :], y_0.to(Out.dtype.element_ty), mask=token_ok[:, None] & ((4 * j) < HEAD_DIM)[None, :])
-    tl.store(out_rows[:, None] + (4 * j + 1)[None, :], y_1.to(Out.dtype.element_ty), mask=token_ok[:, None] & ((4 * j + 1) < HEAD_DIM)[None, :])
-    tl.store(out_rows[:, None] + (4 * j + 2)[None, :], y_2.to(Out.dtype.element_ty), mask=token_ok[:, None] & ((4 * j + 2) < HEAD_DIM)[None, :])
-    tl.store(out_rows[:, None] + (4 * j + 3)[None, :], y_3.to(Out.dtype.element_ty), mask=token_ok[:, None] & ((4 * j + 3) < HEAD_DIM)[None, :])
+    # -- interleave the planes into whole rows (coordinate 4*j + k from plane k) and store them
+    # contiguously: one row store per token instead of 4 strided ones
+    y = tl.interleave(tl.interleave(y_0, y_2), tl.interleave(y_1, y_3))
+    c = tl.arange(0, 64)
+    tl.store(out_rows[:, None] + c[None, :], y.to(Out.dtype.element_ty), mask=token_ok[:, None] & (c < HEAD_DIM)[None, :])

@@ -20,7 +20,7 @@ def decompress_kernel(
     Codes, stride_cb, stride_ch, stride_cn,  # uint8 [B, H, N, 30]
     Norms, stride_nb, stride_nh, stride_nn,  # fp32 [B, H, N]
     Centroids,  # fp32 [8] codebook
-    Pi,  # fp32 [D, D] rotation, contiguous: original x = y @ Pi
+    Pi,  # fp16 [2, D, D]: the rotation as Pi_hi + Pi_lo, contiguous; original x = y @ Pi
     Out, stride_ob, stride_oh, stride_on,  # [B, H, N, D] fp16/bf16/fp32, last dim contiguous
     N_TOKENS, H,
     BLOCK_T: tl.constexpr,
@@ -40,36 +40,86 @@ def decompress_kernel(
     codes_bits2 = tl.load(code_rows[:, None] + j[None, :] + 20, mask=token_ok[:, None] & (j < 10)[None, :], other=0).to(tl.int32)
     norm = tl.load(Norms + b * stride_nb + head * stride_nh + tokens.to(tl.int64) * stride_nn, mask=token_ok, other=0.0)
 
-    # -- unpack and gather: plane k is n * c[idx] at the rotated coordinates 8*j + k
-    y_0 = tl.load(Centroids + (((codes_bits0 >> 7) & 1) | (((codes_bits1 >> 7) & 1) << 1) | (((codes_bits2 >> 7) & 1) << 2))) * norm[:, None]
-    y_1 = tl.load(Centroids + (((codes_bits0 >> 6) & 1) | (((codes_bits1 >> 6) & 1) << 1) | (((codes_bits2 >> 6) & 1) << 2))) * norm[:, None]
-    y_2 = tl.load(Centroids + (((codes_bits0 >> 5) & 1) | (((codes_bits1 >> 5) & 1) << 1) | (((codes_bits2 >> 5) & 1) << 2))) * norm[:, None]
-    y_3 = tl.load(Centroids + (((codes_bits0 >> 4) & 1) | (((codes_bits1 >> 4) & 1) << 1) | (((codes_bits2 >> 4) & 1) << 2))) * norm[:, None]
-    y_4 = tl.load(Centroids + (((codes_bits0 >> 3) & 1) | (((codes_bits1 >> 3) & 1) << 1) | (((codes_bits2 >> 3) & 1) << 2))) * norm[:, None]
-    y_5 = tl.load(Centroids + (((codes_bits0 >> 2) & 1) | (((codes_bits1 >> 2) & 1) << 1) | (((codes_bits2 >> 2) & 1) << 2))) * norm[:, None]
-    y_6 = tl.load(Centroids + (((codes_bits0 >> 1) & 1) | (((codes_bits1 >> 1) & 1) << 1) | (((codes_bits2 >> 1) & 1) << 2))) * norm[:, None]
-    y_7 = tl.load(Centroids + ((codes_bits0 & 1) | ((codes_bits1 & 1) << 1) | ((codes_bits2 & 1) << 2))) * norm[:, None]
-
     out_rows = Out + b * stride_ob + head * stride_oh + tokens.to(tl.int64) * stride_on
-    # -- un-rotate: x = y @ Pi = sum over planes k of y_k @ Pi[8*j + k, :], 64 columns
-    # of x at a time; tf32x3 keeps fp32 accuracy for fp32 outputs.
+    # -- unpack and gather: plane k is c[idx] at the rotated coordinates 8*j + k, split into
+    # fp16 terms c = c_hi + c_lo for the tensor cores
+    c_0 = tl.load(Centroids + (((codes_bits0 >> 7) & 1) | (((codes_bits1 >> 7) & 1) << 1) | (((codes_bits2 >> 7) & 1) << 2)))
+    c_hi_0 = c_0.to(tl.float16)
+    c_lo_0 = (c_0 - c_hi_0.to(tl.float32)).to(tl.float16)
+    c_1 = tl.load(Centroids + (((codes_bits0 >> 6) & 1) | (((codes_bits1 >> 6) & 1) << 1) | (((codes_bits2 >> 6) & 1) << 2)))
+    c_hi_1 = c_1.to(tl.float16)
+    c_lo_1 = (c_1 - c_hi_1.to(tl.float32)).to(tl.float16)
+    c_2 = tl.load(Centroids + (((codes_bits0 >> 5) & 1) | (((codes_bits1 >> 5) & 1) << 1) | (((codes_bits2 >> 5) & 1) << 2)))
+    c_hi_2 = c_2.to(tl.float16)
+    c_lo_2 = (c_2 - c_hi_2.to(tl.float32)).to(tl.float16)
+    c_3 = tl.load(Centroids + (((codes_bits0 >> 4) & 1) | (((codes_bits1 >> 4) & 1) << 1) | (((codes_bits2 >> 4) & 1) << 2)))
+    c_hi_3 = c_3.to(tl.float16)
+    c_lo_3 = (c_3 - c_hi_3.to(tl.float32)).to(tl.float16)
+    c_4 = tl.load(Centroids + (((codes_bits0 >> 3) & 1) | (((codes_bits1 >> 3) & 1) << 1) | (((codes_bits2 >> 3) & 1) << 2)))
+    c_hi_4 = c_4.to(tl.float16)
+    c_lo_4 = (c_4 - c_hi_4.to(tl.float32)).to(tl.float16)
+    c_5 = tl.load(Centroids + (((codes_bits0 >> 2) & 1) | (((codes_bits1 >> 2) & 1) << 1) | (((codes_bits2 >> 2) & 1) << 2)))
+    c_hi_5 = c_5.to(tl.float16)
+    c_lo_5 = (c_5 - c_hi_5.to(tl.float32)).to(tl.float16)
+    c_6 = tl.load(Centroids + (((codes_bits0 >> 1) & 1) | (((codes_bits1 >> 1) & 1) << 1) | (((codes_bits2 >> 1) & 1) << 2)))
+    c_hi_6 = c_6.to(tl.float16)
+    c_lo_6 = (c_6 - c_hi_6.to(tl.float32)).to(tl.float16)
+    c_7 = tl.load(Centroids + ((codes_bits0 & 1) | ((codes_bits1 & 1) << 1) | ((codes_bits2 & 1) << 2)))
+    c_hi_7 = c_7.to(tl.float16)
+    c_lo_7 = (c_7 - c_hi_7.to(tl.float32)).to(tl.float16)
+
+    # -- un-rotate: x = n * (c @ Pi) = n * sum over planes k of c_k @ Pi[8*j + k, :], 64 columns
+    # of x at a time.  With Pi = Pi_hi + Pi_lo in fp16 too, three fp16 products accumulated in fp32
+    # (c_lo @ Pi_lo lies below fp32 rounding) keep about fp32 accuracy at twice tf32's rate.
     for c in tl.static_range(0, D_PAD, 64):
         cols = c + tl.arange(0, 64)
         x = tl.zeros([BLOCK_T, 64], dtype=tl.float32)
-        pi = tl.load(Pi + (8 * j)[:, None] * HEAD_DIM + cols[None, :], mask=((8 * j) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
-        x = tl.dot(y_0, pi, x, input_precision="tf32x3")
-        pi = tl.load(Pi + (8 * j + 1)[:, None] * HEAD_DIM + cols[None, :], mask=((8 * j + 1) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
-        x = tl.dot(y_1, pi, x, input_precision="tf32x3")
-        pi = tl.load(Pi + (8 * j + 2)[:, None] * HEAD_DIM + cols[None, :], mask=((8 * j + 2) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
-        x = tl.dot(y_2, pi, x, input_precision="tf32x3")
-        pi = tl.load(Pi + (8 * j + 3)[:, None] * HEAD_DIM + cols[None, :], mask=((8 * j + 3) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
-        x = tl.dot(y_3, pi, x, input_precision="tf32x3")
-        pi = tl.load(Pi + (8 * j + 4)[:, None] * HEAD_DIM + cols[None, :], mask=((8 * j + 4) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
-        x = tl.dot(y_4, pi, x, input_precision="tf32x3")
-        pi = tl.load(Pi + (8 * j + 5)[:, None] * HEAD_DIM + cols[None, :], mask=((8 * j + 5) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
-        x = tl.dot(y_5, pi, x, input_precision="tf32x3")
-        pi = tl.load(Pi + (8 * j + 6)[:, None] * HEAD_DIM + cols[None, :], mask=((8 * j + 6) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
-        x = tl.dot(y_6, pi, x, input_precision="tf32x3")
-        pi = tl.load(Pi + (8 * j + 7)[:, None] * HEAD_DIM + cols[None, :], mask=((8 * j + 7) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
-        x = tl.dot(y_7, pi, x, input_precision="tf32x3")
-        tl.store(out_rows[:, None] + cols[None, :], x.to(Out.dtype.element_ty), mask=token_ok[:, None] & (cols < HEAD_DIM)[None, :])
+        pi_rows = Pi + (8 * j)[:, None] * HEAD_DIM + cols[None, :]
+        pi_hi = tl.load(pi_rows, mask=((8 * j) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        pi_lo = tl.load(pi_rows + HEAD_DIM * HEAD_DIM, mask=((8 * j) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        x = tl.dot(c_hi_0, pi_hi, x)
+        x = tl.dot(c_hi_0, pi_lo, x)
+        x = tl.dot(c_lo_0, pi_hi, x)
+        pi_rows = Pi + (8 * j + 1)[:, None] * HEAD_DIM + cols[None, :]
+        pi_hi = tl.load(pi_rows, mask=((8 * j + 1) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        pi_lo = tl.load(pi_rows + HEAD_DIM * HEAD_DIM, mask=((8 * j + 1) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        x = tl.dot(c_hi_1, pi_hi, x)
+        x = tl.dot(c_hi_1, pi_lo, x)
+        x = tl.dot(c_lo_1, pi_hi, x)
+        pi_rows = Pi + (8 * j + 2)[:, None] * HEAD_DIM + cols[None, :]
+        pi_hi = tl.load(pi_rows, mask=((8 * j + 2) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        pi_lo = tl.load(pi_rows + HEAD_DIM * HEAD_DIM, mask=((8 * j + 2) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        x = tl.dot(c_hi_2, pi_hi, x)
+        x = tl.dot(c_hi_2, pi_lo, x)
+        x = tl.dot(c_lo_2, pi_hi, x)
+        pi_rows = Pi + (8 * j + 3)[:, None] * HEAD_DIM + cols[None, :]
+        pi_hi = tl.load(pi_rows, mask=((8 * j + 3) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        pi_lo = tl.load(pi_rows + HEAD_DIM * HEAD_DIM, mask=((8 * j + 3) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        x = tl.dot(c_hi_3, pi_hi, x)
+        x = tl.dot(c_hi_3, pi_lo, x)
+        x = tl.dot(c_lo_3, pi_hi, x)
+        pi_rows = Pi + (8 * j + 4)[:, None] * HEAD_DIM + cols[None, :]
+        pi_hi = tl.load(pi_rows, mask=((8 * j + 4) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        pi_lo = tl.load(pi_rows + HEAD_DIM * HEAD_DIM, mask=((8 * j + 4) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        x = tl.dot(c_hi_4, pi_hi, x)
+        x = tl.dot(c_hi_4, pi_lo, x)
+        x = tl.dot(c_lo_4, pi_hi, x)
+        pi_rows = Pi + (8 * j + 5)[:, None] * HEAD_DIM + cols[None, :]
+        pi_hi = tl.load(pi_rows, mask=((8 * j + 5) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        pi_lo = tl.load(pi_rows + HEAD_DIM * HEAD_DIM, mask=((8 * j + 5) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        x = tl.dot(c_hi_5, pi_hi, x)
+        x = tl.dot(c_hi_5, pi_lo, x)
+        x = tl.dot(c_lo_5, pi_hi, x)
+        pi_rows = Pi + (8 * j + 6)[:, None] * HEAD_DIM + cols[None, :]
+        pi_hi = tl.load(pi_rows, mask=((8 * j + 6) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        pi_lo = tl.load(pi_rows + HEAD_DIM * HEAD_DIM, mask=((8 * j + 6) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        x = tl.dot(c_hi_6, pi_hi, x)
+        x = tl.dot(c_hi_6, pi_lo, x)
+        x = tl.dot(c_lo_6, pi_hi, x)
+        pi_rows = Pi + (8 * j + 7)[:, None] * HEAD_DIM + cols[None, :]
+        pi_hi = tl.load(pi_rows, mask=((8 * j + 7) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        pi_lo = tl.load(pi_rows + HEAD_DIM * HEAD_DIM, mask=((8 * j + 7) < HEAD_DIM)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        x = tl.dot(c_hi_7, pi_hi, x)
+        x = tl.dot(c_hi_7, pi_lo, x)
+        x = tl.dot(c_lo_7, pi_hi, x)
+        tl.store(out_rows[:, None] + cols[None, :], (x * norm[:, None]).to(Out.dtype.element_ty), mask=token_ok[:, None] & (cols < HEAD_DIM)[None, :])

@@ -37,11 +37,13 @@ def decompress_kernel(
     codes_bytes = tl.load(code_rows[:, None] + j[None, :], mask=token_ok[:, None] & (j < 48)[None, :], other=0).to(tl.int32)
     norm = tl.load(Norms + b * stride_nb + head * stride_nh + tokens.to(tl.int64) * stride_nn, mask=token_ok, other=0.0)
 
+    out_rows = Out + b * stride_ob + head * stride_oh + tokens.to(tl.int64) * stride_on
     # -- unpack and gather: plane k is n * c[idx] at the rotated coordinates 2*j + k
     y_0 = tl.load(Centroids + (codes_bytes >> 4)) * norm[:, None]
     y_1 = tl.load(Centroids + (codes_bytes & 0xF)) * norm[:, None]
 
-    out_rows = Out + b * stride_ob + head * stride_oh + tokens.to(tl.int64) * stride_on
-    # -- store plane k at the coordinates 2*j + k of the rotated vector
-    tl.store(out_rows[:, None] + (2 * j)[None, :], y_0.to(Out.dtype.element_ty), mask=token_ok[:, None] & ((2 * j) < HEAD_DIM)[None, :])
-    tl.store(out_rows[:, None] + (2 * j + 1)[None, :], y_1.to(Out.dtype.element_ty), mask=token_ok[:, None] & ((2 * j + 1) < HEAD_DIM)[None, :])
+    # -- interleave the planes into whole rows (coordinate 2*j + k from plane k) and store them
+    # contiguously: one row store per token instead of 2 strided ones
+    y = tl.interleave(y_0, y_1)
+    c = tl.arange(0, 128)
+    tl.store(out_rows[:, None] + c[None, :], y.to(Out.dtype.element_ty), mask=token_ok[:, None] & (c < HEAD_DIM)[None, :])

@@ -6,6 +6,7 @@ import torch
 
 from tqgen.codegen.loader import kernel
 from tqgen.ops import cdiv
+from tqgen.ops.compress import rotation_halves
 from tqgen.spec import VariantSpec
 
 
@@ -27,7 +28,7 @@ def decompress(
     batch, heads, n_tokens, _ = out.shape
     block_t = config["BLOCK_T"]
     centroids = centroids.to(torch.float32).contiguous()
-    rotation_args = (rotation.to(torch.float32).contiguous(),) if spec.rotate else ()
+    rotation_args = (rotation_halves(rotation),) if spec.rotate else ()
     grid = (cdiv(n_tokens, block_t), batch * heads)
     kernel(spec)[grid](
         packed, packed.stride(0), packed.stride(1), packed.stride(2),
