@@ -124,9 +124,10 @@ class CompressedStaticLayer(StaticLayer):
             self.cumulative_length = self.cumulative_length.to(self.device)
         q_heads = self.q_heads or self.num_heads
         numel = exact_workspace_numel if self.sink_tokens else library.decode_workspace_numel
+        exact = {"exact_tokens": self.sink_tokens} if self.sink_tokens else {}
         need = max(
             numel(self.batch_size, q_heads, self.num_heads, n_q, self.k_head_dim, self.mid_len,
-                  self.key_quant.bits, self.value_quant.bits, self.device, causal)
+                  self.key_quant.bits, self.value_quant.bits, self.device, causal, **exact)
             for n_q in (1, library.DECODE_MAX_Q) for causal in (False, True)
         )
         # Uncompressed layers of the same shape (sliding, skipped) share the workspace too.

@@ -202,9 +202,10 @@ def decode(
     ``parts``: caller-owned (acc, m, l) partials of at least the cached workspace's sizes, and
     optionally a flat fp32 scratch for the Hopper path's query planes (a static cache passes its
     own so that captured graphs depend on no process-wide or per-stream buffer).
-    ``extra_partial``: an :class:`~tqgen.ops.exact_tokens.ExactPartial` (exact tokens) writing one
-    more partial per row into slot ``num_splits``, merged with the splits'; the workspace then has
-    one slot more per row.  The Hopper path writes it in its query prologue's launch."""
+    ``extra_partial``: an :class:`~tqgen.ops.exact_tokens.ExactPartial` (exact tokens) writing
+    ``extra_partial.slots`` more partials per row from slot ``num_splits`` on, merged with the
+    splits'; the workspace then has that many slots more per row.  The Hopper path writes them in
+    its query prologue's launch."""
     assert spec.family is Family.ATTN_DECODE
     batch, q_heads, n_q, head_dim = q.shape
     kv_heads, n_kv = k.shape[1], k.shape[2]
@@ -215,7 +216,7 @@ def decode(
         block_n, policy = config["BLOCK_N"], splits.policy_of(config)
     plan = splits.split_plan(batch * kv_heads, n_kv, block_n, policy, sm_count(q.device))
     if extra_partial is not None:
-        plan = type(plan)(plan.num_splits, plan.kv_per_split, plan.capacity + 1)
+        plan = type(plan)(plan.num_splits, plan.kv_per_split, plan.capacity + extra_partial.slots)
     rows = batch * q_heads * n_q
     part_acc, part_m, part_l = parts[:3] if parts is not None else workspace(q.device, rows, head_dim, plan.capacity)
     scratch = parts[3] if parts is not None and len(parts) > 3 else None
@@ -242,7 +243,7 @@ def decode(
     if extra_partial is not None and not hopper:
         extra_partial((part_acc, part_m, part_l), plan.capacity, plan.num_splits)
     kernel(reduce)[(cdiv(rows, REDUCE_ROWS),)](
-        part_acc, part_m, part_l, plan.capacity, plan.num_splits + (extra_partial is not None),
+        part_acc, part_m, part_l, plan.capacity, plan.num_splits + (extra_partial.slots if extra_partial else 0),
         out, *out.stride(),
         *([pi] if reduce.rotate else []),
         rows, q_heads, n_q,

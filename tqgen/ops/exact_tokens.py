@@ -69,7 +69,7 @@ class ExactTokens:
 # ------------------------------------------------------------------- kernel
 @triton.jit
 def exact_partial(
-    pid_bh,  # b * H_kv + kv_head
+    pid_bh, chunk,  # b * H_kv + kv_head; which BLOCK_N exact tokens (slot slot + chunk)
     Q, stride_qb, stride_qh, stride_qm, stride_qd,  # [B, H_q, N_q, D]
     EK, stride_kb, stride_kh, stride_kn, stride_kd,  # exact keys [B, H_kv, E, D]
     EV, stride_vb, stride_vh, stride_vn, stride_vd,  # exact values [B, H_kv, E, D]
@@ -84,8 +84,9 @@ def exact_partial(
     HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Every query row of one KV head against every exact token, written as one split-K partial
-    (slot ``slot``) for ``decode_reduce``.  The dots run on tensor cores in Q's dtype with fp32
+    """Every query row of one KV head against BLOCK_N exact tokens (chunk ``chunk``), written as
+    one split-K partial (slot ``slot + chunk``) for ``decode_reduce``: a recent window of a few
+    hundred tokens takes a few programs side by side rather than one walking them.  The dots run on tensor cores in Q's dtype with fp32
     accumulation, as in the decode kernels; an ieee fp32 version cost 25-115 us on an H200 (CUDA
     cores), 17-80% of a long decode step."""
     b = (pid_bh // H_KV).to(tl.int64)
@@ -107,41 +108,39 @@ def exact_partial(
     mask_rows = Mask + b * stride_mb + q_head * stride_mh + q_pos * stride_mm
     n_total = N_MID + N_EXACT
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
-    for start in range(0, N_EXACT, BLOCK_N):
-        e = start + tl.arange(0, BLOCK_N)
-        e_ok = e < N_EXACT
-        kv_ok = e_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_base + e[:, None] * stride_kn + d[None, :] * stride_kd, mask=kv_ok, other=0.0)
-        s = tl.dot(q, tl.trans(k))
-        if HAS_MU:
-            s = s - q_mu[:, None]
-        s = s * qk_scale
-        col = tl.where(e < N_HEAD, e, e + N_MID)  # the token's position in the whole sequence
-        visible = row_ok[:, None] & e_ok[None, :]
-        if CAUSAL:  # bottom-right aligned over the whole sequence
-            visible = visible & (col[None, :] <= (q_pos + n_total - N_Q)[:, None])
-        if HAS_MASK:
-            mask_tile = tl.load(mask_rows[:, None] + col[None, :] * stride_mn, mask=visible, other=0)
-            if MASK_IS_BOOL:
-                visible = visible & (mask_tile != 0)
-            else:  # natural-log units to base 2, saturating like the decode kernels
-                mask_f = mask_tile.to(tl.float32)
-                mask_abs = tl.abs(mask_f)
-                mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
-                mask_log2 = mask_sat * 1.4426950408889634 + (mask_abs - mask_sat) * 0.5
-                s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_ref)
-        p = tl.math.exp2(s - m_ref[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
-        v = tl.load(v_base + e[:, None] * stride_vn + d[None, :] * stride_vd, mask=kv_ok, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v)
+    # -- this program's tile: exact tokens [chunk * BLOCK_N, (chunk + 1) * BLOCK_N)
+    e = chunk * BLOCK_N + tl.arange(0, BLOCK_N)
+    e_ok = e < N_EXACT
+    kv_ok = e_ok[:, None] & d_ok[None, :]
+    k = tl.load(k_base + e[:, None] * stride_kn + d[None, :] * stride_kd, mask=kv_ok, other=0.0)
+    s = tl.dot(q, tl.trans(k))
+    if HAS_MU:
+        s = s - q_mu[:, None]
+    s = s * qk_scale
+    col = tl.where(e < N_HEAD, e, e + N_MID)  # the token's position in the whole sequence
+    visible = row_ok[:, None] & e_ok[None, :]
+    if CAUSAL:  # bottom-right aligned over the whole sequence
+        visible = visible & (col[None, :] <= (q_pos + n_total - N_Q)[:, None])
+    if HAS_MASK:
+        mask_tile = tl.load(mask_rows[:, None] + col[None, :] * stride_mn, mask=visible, other=0)
+        if MASK_IS_BOOL:
+            visible = visible & (mask_tile != 0)
+        else:  # natural-log units to base 2, saturating like the decode kernels
+            mask_f = mask_tile.to(tl.float32)
+            mask_abs = tl.abs(mask_f)
+            mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
+            mask_log2 = mask_sat * 1.4426950408889634 + (mask_abs - mask_sat) * 0.5
+            s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
+    s = tl.where(visible, s, float("-inf"))
+
+    # -- the tile's softmax partial in base 2: row max m, sum l and acc = P V (a row that sees no
+    # token keeps m = -inf, l = 0 and acc = 0, which the reduce weighs 0)
+    m_i = tl.max(s, 1)
+    m_ref = tl.where(m_i == float("-inf"), 0.0, m_i)
+    p = tl.math.exp2(s - m_ref[:, None])
+    l_i = tl.sum(p, 1)
+    v = tl.load(v_base + e[:, None] * stride_vn + d[None, :] * stride_vd, mask=kv_ok, other=0.0)
+    acc = tl.dot(p.to(dtype), v)
     if ROTATE:  # into the rotated space of the compressed V's partials: y = x @ Pi^T
         # Rows enter the dot scaled to max |acc| = 1 (the cast could overflow fp16) and are
         # scaled back in fp32, as decode_reduce does on the way back.
@@ -149,7 +148,7 @@ def exact_partial(
         a_max = tl.where(a_max > 0.0, a_max, 1.0)
         pi_t = tl.load(Pi + d[None, :] * HEAD_DIM + d[:, None], mask=d_ok[:, None] & d_ok[None, :], other=0.0)
         acc = tl.dot((acc / a_max[:, None]).to(dtype), pi_t.to(dtype)) * a_max[:, None]
-    part = ((b * H_KV * GROUP + q_head) * N_Q + q_pos) * max_splits + slot
+    part = ((b * H_KV * GROUP + q_head) * N_Q + q_pos) * max_splits + slot + chunk
     tl.store(Part_m + part, m_i, mask=row_ok)
     tl.store(Part_l + part, l_i, mask=row_ok)
     tl.store(Part_acc + part[:, None] * HEAD_DIM + d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
@@ -171,9 +170,9 @@ def exact_partial_kernel(
     HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Grid (B * H_kv,): the exact tokens' partial, one program per KV head."""
+    """Grid (B * H_kv, cdiv(E, BLOCK_N)): the exact tokens' partials, a program per KV head and tile."""
     exact_partial(
-        tl.program_id(0),
+        tl.program_id(0), tl.program_id(1),
         Q, stride_qb, stride_qh, stride_qm, stride_qd,
         EK, stride_kb, stride_kh, stride_kn, stride_kd,
         EV, stride_vb, stride_vh, stride_vn, stride_vd,
@@ -205,8 +204,8 @@ def query_planes_and_exact_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     M: tl.constexpr,  # query rows of the Hopper kernel's MMA (8 or 16)
 ):
-    """Grid (B * H_kv, 3): programs 0 and 1 write the Hopper decode kernel's rotated query planes
-    (even and odd coordinates), program 2 the exact tokens' partial.  One launch before the
+    """Grid (B * H_kv, 2 + cdiv(E, BLOCK_N)): programs 0 and 1 write the Hopper decode kernel's
+    rotated query planes (even and odd coordinates), the others the exact tokens' partials.  One launch before the
     split-K kernel instead of one on each side of it: the exact tokens then cost a decode step
     no launch of their own."""
     if tl.program_id(1) < 2:
@@ -214,7 +213,7 @@ def query_planes_and_exact_kernel(
                      Pi_planes, Planes, H_KV, N_Q, GROUP, M, HEAD_DIM)
     else:
         exact_partial(
-            tl.program_id(0),
+            tl.program_id(0), tl.program_id(1) - 2,
             Q, stride_qb, stride_qh, stride_qm, stride_qd,
             EK, stride_kb, stride_kh, stride_kn, stride_kd,
         EV, stride_vb, stride_vh, stride_vn, stride_vd,
@@ -239,12 +238,18 @@ def _next_pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
+def exact_slots(count: int) -> int:
+    """Split-K partial slots that ``count`` exact tokens take: one per BLOCK_N tokens (at least one)."""
+    return max(1, -(-count // BLOCK_N))
+
+
 @dataclass(frozen=True)
 class ExactPartial:
-    """The exact tokens' split-K partial of one decode call, written into a slot of the partials.
+    """The exact tokens' split-K partials of one decode call: one per ``BLOCK_N`` exact tokens
+    (:func:`exact_slots`), written into consecutive slots of the partials.
 
     The decode launcher calls it (one launch after the split-K kernel), or, on the Hopper path,
-    passes :meth:`kernel_args` to the query prologue, which then writes it in the same launch.
+    has the query prologue write them in its own launch (:meth:`launch_with_query_planes`).
 
     Attributes:
         q: the queries ``[B, H_q, N_q, D]``.
@@ -266,10 +271,15 @@ class ExactPartial:
     mask: Tensor | None
     causal: bool
 
+    @property
+    def slots(self) -> int:
+        """Partial slots it writes (the workspace needs this many more per row)."""
+        return exact_slots(self.exact.count)
+
     def kernel_args(self, parts: tuple[Tensor, Tensor, Tensor], capacity: int, slot: int
                     ) -> tuple[list[object], dict[str, object]]:
         """The kernels' arguments after Q and its strides, and their constexprs, for writing the
-        partial into slot ``slot`` of ``parts`` (rows ``capacity`` slots apart)."""
+        partials into slots ``slot``, ``slot + 1``, ... of ``parts`` (rows ``capacity`` slots apart)."""
         q, exact, key_offset = self.q, self.exact, self.key_offset
         batch, q_heads, n_q, head_dim = q.shape
         kv_heads = exact.keys.shape[1]
@@ -302,16 +312,16 @@ class ExactPartial:
         return args, constexprs
 
     def __call__(self, parts: tuple[Tensor, Tensor, Tensor], capacity: int, slot: int) -> None:
-        """Write the partial into slot ``slot`` of ``parts`` (one launch, a program per KV head)."""
+        """Write the partials from slot ``slot`` on (one launch, a program per KV head and tile)."""
         args, constexprs = self.kernel_args(parts, capacity, slot)
-        grid = (self.q.shape[0] * self.exact.keys.shape[1],)
+        grid = (self.q.shape[0] * self.exact.keys.shape[1], self.slots)
         _lean_kernels()[0][grid](self.q, *self.q.stride(), *args, **constexprs, num_warps=4, num_stages=1)
 
     def launch_with_query_planes(self, parts: tuple[Tensor, Tensor, Tensor], capacity: int, slot: int,
                                  pi_planes: Tensor, planes: Tensor, m: int) -> None:
-        """The Hopper decode prologue and this partial in one launch (``query_planes_and_exact_kernel``)."""
+        """The Hopper decode prologue and these partials in one launch (``query_planes_and_exact_kernel``)."""
         args, constexprs = self.kernel_args(parts, capacity, slot)
-        grid = (self.q.shape[0] * self.exact.keys.shape[1], 3)
+        grid = (self.q.shape[0] * self.exact.keys.shape[1], 2 + self.slots)
         _lean_kernels()[1][grid](self.q, *self.q.stride(), pi_planes, planes, *args, **constexprs, M=m,
                                  num_warps=4, num_stages=1)
 
@@ -478,10 +488,10 @@ def attention_with_exact(
 
 # ------------------------------------------------- the static cache's custom op
 def _workspace_layout(q: Tensor, kv_heads: int, n_kv: int, k_bits: int, v_bits: int, is_causal: bool,
-                      device: torch.device) -> tuple[object, dict[str, int], int, int, int]:
+                      device: torch.device, exact_tokens: int) -> tuple[object, dict[str, int], int, int, int]:
     """(spec, config, slots per row, end of the partials, start of the Hopper scratch) of a
     ``tqgen::decode_attention_exact`` call: the decode workspace's layout
-    (:func:`tqgen.ops.library.decode_workspace_numel`) with one more slot per row."""
+    (:func:`tqgen.ops.library.decode_workspace_numel`) with the exact tokens' slots per row."""
     from tqgen.ops import library
     from tqgen.spec import Family
     from tqgen.tuning import launch_config, shape_bucket
@@ -489,20 +499,22 @@ def _workspace_layout(q: Tensor, kv_heads: int, n_kv: int, k_bits: int, v_bits: 
     batch, q_heads, n_q, head_dim = q.shape
     spec = library._spec(Family.ATTN_DECODE, q, k_bits, v_bits, kv_heads, is_causal)
     config = launch_config(spec, device, shape_bucket(spec, n_q, n_kv, batch * kv_heads))
-    capacity = library._split_capacity(spec, config, device, batch * kv_heads) + 1
+    capacity = library._split_capacity(spec, config, device, batch * kv_heads) + exact_slots(exact_tokens)
     parts_end = batch * q_heads * n_q * capacity * (head_dim + 2)
     return spec, config, capacity, parts_end, library._scratch_start(parts_end)
 
 
 def exact_workspace_numel(batch: int, q_heads: int, kv_heads: int, n_q: int, head_dim: int, n_kv: int,
-                          k_bits: int, v_bits: int, device: torch.device | str, is_causal: bool = False) -> int:
-    """fp32 elements ``tqgen::decode_attention_exact`` needs: the decode workspace with one more
-    partial slot per row, and the Hopper path's scratch."""
+                          k_bits: int, v_bits: int, device: torch.device | str, is_causal: bool = False,
+                          exact_tokens: int = BLOCK_N) -> int:
+    """fp32 elements ``tqgen::decode_attention_exact`` needs for up to ``exact_tokens`` exact tokens:
+    the decode workspace with their partial slots per row, and the Hopper path's scratch."""
     from tqgen.ops import library
 
     device = torch.device(device)
     q = torch.empty((batch, q_heads, n_q, head_dim), device="meta")
-    spec, _, _, _, scratch_start = _workspace_layout(q, kv_heads, n_kv, k_bits, v_bits, is_causal, device)
+    spec, _, _, _, scratch_start = _workspace_layout(q, kv_heads, n_kv, k_bits, v_bits, is_causal, device,
+                                                     exact_tokens)
     return scratch_start + library._scratch_numel(spec, device, batch * kv_heads)
 
 
@@ -533,7 +545,7 @@ def decode_attention_exact(
     kk = library._operand("k", k, k_norms, k_centroids, k_bits, rotation, q.dtype, head_dim)
     vv = library._operand("v", v, v_norms, v_centroids, v_bits, rotation, q.dtype, head_dim)
     spec, config, capacity, parts_end, scratch_start = _workspace_layout(q, kv_heads, n_mid, k_bits, v_bits,
-                                                                         mid_causal, q.device)
+                                                                         mid_causal, q.device, exact.count)
     need = scratch_start + library._scratch_numel(spec, q.device, batch * kv_heads)
     if workspace.dtype != torch.float32 or workspace.dim() != 1 or workspace.numel() < need:
         raise ValueError(
