@@ -172,6 +172,20 @@ def test_bad_exact_tokens_are_refused(device):
         attention_with_exact(q, k, v, exact, attention_mask=torch.ones(1, 1, 1, 10, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("n_tail", [40, 100])
+def test_a_window_split_over_programs(n_tail, device):
+    """One KV head leaves SMs idle: the exact tokens' tiles go to several programs, one partial
+    slot each (the interpreter counts 2 SMs: 2 slots of 1 or 2 tiles), merged like the splits."""
+    from tqgen.ops.exact_tokens import LOG2E, ExactPartial
+
+    q, k, v, exact, k_ref, v_ref, seed = _problem(n_q=1, n_head=4, n_mid=50, n_tail=n_tail, batch=1, kv_heads=1,
+                                                  group=4, device=device)
+    write = ExactPartial(q, exact, 50, None, None, LOG2E, None, False)
+    if device == "cpu":
+        assert (write.slots, write.tiles_per_slot) == (2, -(-(4 + n_tail) // 64))
+    assert_close(_run(q, k, v, exact), reference.reference_attention(q, k_ref, v_ref), q.dtype, f"seed={seed}")
+
+
 @pytest.mark.parametrize("group,n_q", [(4, 1), (8, 2), (1, 3)])
 def test_fused_prologue_writes_what_the_two_kernels_write(group, n_q, device):
     """The Hopper path's single prologue launch (query planes + exact partial) equals the query-plane

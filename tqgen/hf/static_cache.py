@@ -139,15 +139,16 @@ class CompressedStaticLayer(StaticLayer):
         if not _compiling():  # fixed addresses: compiled graphs and CUDA graphs may mutate them
             for t in self._tensors():
                 torch._dynamo.mark_static_address(t)
-            library.derive_constants(self.dtype, self.key_quant.bits, self.value_quant.bits, self.k_centroids,
-                                     self.v_centroids, self.rotation)
+            self.derived = library.derive_constants(self.dtype, self.key_quant.bits, self.value_quant.bits,
+                                                    self.k_centroids, self.v_centroids, self.rotation)
         self.is_initialized = True
 
     def _tensors(self) -> list[torch.Tensor]:
-        """Every tensor this layer allocated (the shared workspace excluded)."""
+        """Every tensor this layer allocated (the shared workspace excluded), with the values the ops
+        derived from its codebooks and rotation."""
         return [self.k_packed, self.k_norms, self.v_packed, self.v_norms, self.k_centroids, self.v_centroids,
                 self.rotation, self.k_boundaries, self.v_boundaries, self.cumulative_length, self.key_offset,
-                self.sink_keys, self.sink_values]
+                self.sink_keys, self.sink_values, *getattr(self, "derived", ())]
 
     def _kv_tensors(self) -> list[torch.Tensor]:
         """The K/V storage: codes, norms and the exact sinks."""

@@ -118,13 +118,14 @@ def _pi_planes(rotation: torch.Tensor) -> torch.Tensor:
     return derived("pi_planes", rotation, None, make)
 
 
-def derive(k_centroids: torch.Tensor, v_centroids: torch.Tensor, rotation: torch.Tensor, dtype: torch.dtype) -> None:
+def derive(k_centroids: torch.Tensor, v_centroids: torch.Tensor, rotation: torch.Tensor,
+           dtype: torch.dtype) -> list[torch.Tensor]:
     """Make now the values ``supports`` and ``launch_partials`` derive from the K and V codebooks
-    and the rotation (``tqgen.ops.library.derive_constants``)."""
+    and the rotation (``tqgen.ops.library.derive_constants``); returns the tensors among them."""
     _tables(v_centroids, dtype)
-    if _tables(k_centroids, dtype) is not None:
-        _table_words(k_centroids, dtype)
-        _pi_planes(rotation)
+    if _tables(k_centroids, dtype) is None:
+        return []
+    return [_table_words(k_centroids, dtype), _pi_planes(rotation)]
 
 
 @functools.lru_cache(maxsize=None)

@@ -69,13 +69,13 @@ class ExactTokens:
 # ------------------------------------------------------------------- kernel
 @triton.jit
 def exact_partial(
-    pid_bh, chunk,  # b * H_kv + kv_head; which BLOCK_N exact tokens (slot slot + chunk)
+    pid_bh, chunk,  # b * H_kv + kv_head; which tiles_per_slot tiles of BLOCK_N exact tokens (slot slot + chunk)
     Q, stride_qb, stride_qh, stride_qm, stride_qd,  # [B, H_q, N_q, D]
     EK, stride_kb, stride_kh, stride_kn, stride_kd,  # exact keys [B, H_kv, E, D]
     EV, stride_vb, stride_vh, stride_vn, stride_vd,  # exact values [B, H_kv, E, D]
     Mu, stride_mub, stride_muh,  # fp32 key offset [B, H_kv, 1, D] (when HAS_MU)
     Pi,  # fp32 [D, D] rotation (when ROTATE): the partial's acc is acc @ Pi^T
-    Part_acc, Part_m, Part_l, max_splits, slot,  # fp32 partials [B, H_q, N_q, max_splits(, D)]
+    Part_acc, Part_m, Part_l, max_splits, slot, tiles_per_slot,  # fp32 partials [B, H_q, N_q, max_splits(, D)]
     Mask, stride_mb, stride_mh, stride_mm, stride_mn,  # over the whole sequence [B, H_q, N_q, N_total]
     qk_scale,  # sm_scale * log2(e)
     N_Q, N_HEAD, N_MID, N_EXACT, H_KV,
@@ -84,9 +84,10 @@ def exact_partial(
     HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Every query row of one KV head against BLOCK_N exact tokens (chunk ``chunk``), written as
-    one split-K partial (slot ``slot + chunk``) for ``decode_reduce``: a recent window of a few
-    hundred tokens takes a few programs side by side rather than one walking them.  The dots run on tensor cores in Q's dtype with fp32
+    """Every query row of one KV head against ``tiles_per_slot`` tiles of BLOCK_N exact tokens
+    (chunk ``chunk``), written as one split-K partial (slot ``slot + chunk``) for
+    ``decode_reduce``: when few KV heads leave SMs idle, a recent window of a few hundred tokens
+    takes programs side by side rather than one walking it.  The dots run on tensor cores in Q's dtype with fp32
     accumulation, as in the decode kernels; an ieee fp32 version cost 25-115 us on an H200 (CUDA
     cores), 17-80% of a long decode step."""
     b = (pid_bh // H_KV).to(tl.int64)
@@ -108,39 +109,46 @@ def exact_partial(
     mask_rows = Mask + b * stride_mb + q_head * stride_mh + q_pos * stride_mm
     n_total = N_MID + N_EXACT
 
-    # -- this program's tile: exact tokens [chunk * BLOCK_N, (chunk + 1) * BLOCK_N)
-    e = chunk * BLOCK_N + tl.arange(0, BLOCK_N)
-    e_ok = e < N_EXACT
-    kv_ok = e_ok[:, None] & d_ok[None, :]
-    k = tl.load(k_base + e[:, None] * stride_kn + d[None, :] * stride_kd, mask=kv_ok, other=0.0)
-    s = tl.dot(q, tl.trans(k))
-    if HAS_MU:
-        s = s - q_mu[:, None]
-    s = s * qk_scale
-    col = tl.where(e < N_HEAD, e, e + N_MID)  # the token's position in the whole sequence
-    visible = row_ok[:, None] & e_ok[None, :]
-    if CAUSAL:  # bottom-right aligned over the whole sequence
-        visible = visible & (col[None, :] <= (q_pos + n_total - N_Q)[:, None])
-    if HAS_MASK:
-        mask_tile = tl.load(mask_rows[:, None] + col[None, :] * stride_mn, mask=visible, other=0)
-        if MASK_IS_BOOL:
-            visible = visible & (mask_tile != 0)
-        else:  # natural-log units to base 2, saturating like the decode kernels
-            mask_f = mask_tile.to(tl.float32)
-            mask_abs = tl.abs(mask_f)
-            mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
-            mask_log2 = mask_sat * 1.4426950408889634 + (mask_abs - mask_sat) * 0.5
-            s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
-    s = tl.where(visible, s, float("-inf"))
-
-    # -- the tile's softmax partial in base 2: row max m, sum l and acc = P V (a row that sees no
-    # token keeps m = -inf, l = 0 and acc = 0, which the reduce weighs 0)
-    m_i = tl.max(s, 1)
-    m_ref = tl.where(m_i == float("-inf"), 0.0, m_i)
-    p = tl.math.exp2(s - m_ref[:, None])
-    l_i = tl.sum(p, 1)
-    v = tl.load(v_base + e[:, None] * stride_vn + d[None, :] * stride_vd, mask=kv_ok, other=0.0)
-    acc = tl.dot(p.to(dtype), v)
+    # -- this program's share: BLOCK_N-token tiles [chunk * tiles_per_slot, (chunk + 1) * tiles_per_slot),
+    # with an online softmax in base 2 (a row that sees no token keeps m = -inf, l = 0, acc = 0,
+    # which the reduce weighs 0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    first = chunk * tiles_per_slot * BLOCK_N
+    last = tl.minimum(first + tiles_per_slot * BLOCK_N, N_EXACT)
+    for start in range(first, last, BLOCK_N):
+        e = start + tl.arange(0, BLOCK_N)
+        e_ok = e < N_EXACT
+        kv_ok = e_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_base + e[:, None] * stride_kn + d[None, :] * stride_kd, mask=kv_ok, other=0.0)
+        s = tl.dot(q, tl.trans(k))
+        if HAS_MU:
+            s = s - q_mu[:, None]
+        s = s * qk_scale
+        col = tl.where(e < N_HEAD, e, e + N_MID)  # the token's position in the whole sequence
+        visible = row_ok[:, None] & e_ok[None, :]
+        if CAUSAL:  # bottom-right aligned over the whole sequence
+            visible = visible & (col[None, :] <= (q_pos + n_total - N_Q)[:, None])
+        if HAS_MASK:
+            mask_tile = tl.load(mask_rows[:, None] + col[None, :] * stride_mn, mask=visible, other=0)
+            if MASK_IS_BOOL:
+                visible = visible & (mask_tile != 0)
+            else:  # natural-log units to base 2, saturating like the decode kernels
+                mask_f = mask_tile.to(tl.float32)
+                mask_abs = tl.abs(mask_f)
+                mask_sat = tl.minimum(mask_abs, 1.1793287458340913e38)
+                mask_log2 = mask_sat * 1.4426950408889634 + (mask_abs - mask_sat) * 0.5
+                s += tl.where(mask_f < 0.0, -mask_log2, mask_log2)
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_ref)
+        p = tl.math.exp2(s - m_ref[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+        v = tl.load(v_base + e[:, None] * stride_vn + d[None, :] * stride_vd, mask=kv_ok, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v)
     if ROTATE:  # into the rotated space of the compressed V's partials: y = x @ Pi^T
         # Rows enter the dot scaled to max |acc| = 1 (the cast could overflow fp16) and are
         # scaled back in fp32, as decode_reduce does on the way back.
@@ -154,14 +162,14 @@ def exact_partial(
     tl.store(Part_acc + part[:, None] * HEAD_DIM + d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
 
 
-@triton.jit(do_not_specialize=["N_Q", "N_HEAD", "N_MID", "N_EXACT", "slot"])
+@triton.jit(do_not_specialize=["N_Q", "N_HEAD", "N_MID", "N_EXACT", "slot", "tiles_per_slot"])
 def exact_partial_kernel(
     Q, stride_qb, stride_qh, stride_qm, stride_qd,  # [B, H_q, N_q, D]
     EK, stride_kb, stride_kh, stride_kn, stride_kd,  # exact keys [B, H_kv, E, D]
     EV, stride_vb, stride_vh, stride_vn, stride_vd,  # exact values [B, H_kv, E, D]
     Mu, stride_mub, stride_muh,  # fp32 key offset [B, H_kv, 1, D] (when HAS_MU)
     Pi,  # fp32 [D, D] rotation (when ROTATE): the partial's acc is acc @ Pi^T
-    Part_acc, Part_m, Part_l, max_splits, slot,  # fp32 partials [B, H_q, N_q, max_splits(, D)]
+    Part_acc, Part_m, Part_l, max_splits, slot, tiles_per_slot,  # fp32 partials [B, H_q, N_q, max_splits(, D)]
     Mask, stride_mb, stride_mh, stride_mm, stride_mn,  # over the whole sequence [B, H_q, N_q, N_total]
     qk_scale,  # sm_scale * log2(e)
     N_Q, N_HEAD, N_MID, N_EXACT, H_KV,
@@ -178,7 +186,7 @@ def exact_partial_kernel(
         EV, stride_vb, stride_vh, stride_vn, stride_vd,
         Mu, stride_mub, stride_muh,
         Pi,
-        Part_acc, Part_m, Part_l, max_splits, slot,
+        Part_acc, Part_m, Part_l, max_splits, slot, tiles_per_slot,
         Mask, stride_mb, stride_mh, stride_mm, stride_mn,
         qk_scale,
         N_Q, N_HEAD, N_MID, N_EXACT, H_KV,
@@ -186,7 +194,7 @@ def exact_partial_kernel(
     )  # fmt: skip
 
 
-@triton.jit(do_not_specialize=["N_Q", "N_HEAD", "N_MID", "N_EXACT", "slot"])
+@triton.jit(do_not_specialize=["N_Q", "N_HEAD", "N_MID", "N_EXACT", "slot", "tiles_per_slot"])
 def query_planes_and_exact_kernel(
     Q, stride_qb, stride_qh, stride_qm, stride_qd,  # [B, H_q, N_q, D]
     Pi_planes, Planes,  # the Hopper decode kernel's query prologue (tqgen.gluon.query_planes)
@@ -194,7 +202,7 @@ def query_planes_and_exact_kernel(
     EV, stride_vb, stride_vh, stride_vn, stride_vd,  # exact values [B, H_kv, E, D]
     Mu, stride_mub, stride_muh,  # fp32 key offset [B, H_kv, 1, D] (when HAS_MU)
     Pi,  # fp32 [D, D] rotation (when ROTATE): the partial's acc is acc @ Pi^T
-    Part_acc, Part_m, Part_l, max_splits, slot,  # fp32 partials [B, H_q, N_q, max_splits(, D)]
+    Part_acc, Part_m, Part_l, max_splits, slot, tiles_per_slot,  # fp32 partials [B, H_q, N_q, max_splits(, D)]
     Mask, stride_mb, stride_mh, stride_mm, stride_mn,  # over the whole sequence [B, H_q, N_q, N_total]
     qk_scale,  # sm_scale * log2(e)
     N_Q, N_HEAD, N_MID, N_EXACT, H_KV,
@@ -219,7 +227,7 @@ def query_planes_and_exact_kernel(
         EV, stride_vb, stride_vh, stride_vn, stride_vd,
         Mu, stride_mub, stride_muh,
         Pi,
-        Part_acc, Part_m, Part_l, max_splits, slot,
+        Part_acc, Part_m, Part_l, max_splits, slot, tiles_per_slot,
         Mask, stride_mb, stride_mh, stride_mm, stride_mn,
         qk_scale,
         N_Q, N_HEAD, N_MID, N_EXACT, H_KV,
@@ -239,7 +247,7 @@ def _next_pow2(n: int) -> int:
 
 
 def exact_slots(count: int) -> int:
-    """Split-K partial slots that ``count`` exact tokens take: one per BLOCK_N tokens (at least one)."""
+    """The most split-K partial slots ``count`` exact tokens take: one per BLOCK_N tokens (at least one)."""
     return max(1, -(-count // BLOCK_N))
 
 
@@ -273,8 +281,17 @@ class ExactPartial:
 
     @property
     def slots(self) -> int:
-        """Partial slots it writes (the workspace needs this many more per row)."""
-        return exact_slots(self.exact.count)
+        """Partial slots it writes (the workspace needs this many more per row): one program each
+        per KV head, as many as fill the SMs the KV heads leave idle, at most one per tile."""
+        from tqgen.ops.attention import sm_count
+
+        kv_heads = self.q.shape[0] * self.exact.keys.shape[1]
+        return min(exact_slots(self.exact.count), max(1, sm_count(self.q.device) // max(1, kv_heads)))
+
+    @property
+    def tiles_per_slot(self) -> int:
+        tiles = exact_slots(self.exact.count)
+        return -(-tiles // self.slots)
 
     def kernel_args(self, parts: tuple[Tensor, Tensor, Tensor], capacity: int, slot: int
                     ) -> tuple[list[object], dict[str, object]]:
@@ -298,7 +315,7 @@ class ExactPartial:
             ev, *ev.stride(),
             mu, *mu_strides,
             pi,
-            *parts, capacity, slot,
+            *parts, capacity, slot, self.tiles_per_slot,
             *margs,
             self.qk_scale,
             n_q, exact.n_head, self.n_mid, exact.count, kv_heads,

@@ -95,23 +95,26 @@ def _scratch_numel(spec: VariantSpec, device: torch.device, batch_heads: int) ->
 
 
 def derive_constants(dtype: torch.dtype, k_bits: int, v_bits: int, k_centroids: Optional[Tensor],
-                     v_centroids: Optional[Tensor], rotation: Tensor) -> None:
+                     v_centroids: Optional[Tensor], rotation: Tensor) -> list[Tensor]:
     """Make, now, every value the ops below derive from these codebooks (in the queries' ``dtype``)
     and this rotation: the rotation's fp16 halves (compress), the codebooks in ``dtype`` and the
     Hopper decode path's lookup tables and permuted rotation (:func:`tqgen.ops.derived` keeps them).
+    Returns the tensors that were derived (not the inputs themselves), for the caller's byte count.
 
     A cache calls this when it allocates its buffers, eagerly.  Made for the first time inside a
     compiled region instead, they would come from the private memory pool of torch.compile's CUDA
     graphs (its warm-up run allocates there too) and outlive the graph, which cudagraph trees
     refuse."""
-    compress_ops.rotation_halves(rotation)
-    attention_ops.as_dtype(rotation, torch.float32)
+    made = [compress_ops.rotation_halves(rotation), attention_ops.as_dtype(rotation, torch.float32)]
     for bits, centroids in ((k_bits, k_centroids), (v_bits, v_centroids)):
         if bits and centroids is not None:
-            attention_ops.as_dtype(centroids, dtype)
+            made.append(attention_ops.as_dtype(centroids, dtype))
     if k_bits == v_bits == 4 and k_centroids is not None and v_centroids is not None and decode_sm90.may_support(
             VariantSpec(Family.ATTN_DECODE, rotation.shape[0], 4, 4, 1, False, True), rotation.device):
-        decode_sm90.derive(k_centroids, v_centroids, rotation, dtype)
+        made += decode_sm90.derive(k_centroids, v_centroids, rotation, dtype)
+    inputs = {t.data_ptr() for t in (k_centroids, v_centroids, rotation) if t is not None}
+    unique = {t.data_ptr(): t for t in made if t.data_ptr() not in inputs}
+    return list(unique.values())
 
 
 # ------------------------------------------------------------------- decode
