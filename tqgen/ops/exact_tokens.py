@@ -43,6 +43,7 @@ __all__ = ["ExactPartial", "ExactTokens", "attention_with_exact", "decode_attent
 
 LOG2E = 1.4426950408889634
 BLOCK_N = 32  # exact tokens per tile
+NUM_STAGES = 3  # software pipelining of a program's tile loop (H200: 3 took a 195-token window at B=32 from +14.9% to +10.1% of a decode step)
 
 
 @dataclass(frozen=True)
@@ -332,7 +333,7 @@ class ExactPartial:
         """Write the partials from slot ``slot`` on (one launch, a program per KV head and tile)."""
         args, constexprs = self.kernel_args(parts, capacity, slot)
         grid = (self.q.shape[0] * self.exact.keys.shape[1], self.slots)
-        _lean_kernels()[0][grid](self.q, *self.q.stride(), *args, **constexprs, num_warps=4, num_stages=1)
+        _lean_kernels()[0][grid](self.q, *self.q.stride(), *args, **constexprs, num_warps=4, num_stages=NUM_STAGES)
 
     def launch_with_query_planes(self, parts: tuple[Tensor, Tensor, Tensor], capacity: int, slot: int,
                                  pi_planes: Tensor, planes: Tensor, m: int) -> None:
@@ -340,7 +341,7 @@ class ExactPartial:
         args, constexprs = self.kernel_args(parts, capacity, slot)
         grid = (self.q.shape[0] * self.exact.keys.shape[1], 2 + self.slots)
         _lean_kernels()[1][grid](self.q, *self.q.stride(), pi_planes, planes, *args, **constexprs, M=m,
-                                 num_warps=4, num_stages=1)
+                                 num_warps=4, num_stages=NUM_STAGES)
 
 
 # ----------------------------------------------------------- the split of a call
