@@ -5,7 +5,9 @@ tensors its caller has already checked, builds the kernel arguments and the grid
 The checks (clear errors naming the argument) and the config lookups live in the public entry
 points, built from :mod:`tqgen.validation`: :mod:`tqgen.attention`, :mod:`tqgen.turboquant`,
 :mod:`tqgen.scores`, and the custom operators of :mod:`tqgen.ops.library`.  Launchers allocate
-nothing but cached derived values and the decode workspace, and never poison outputs.
+nothing but cached derived values and the decode workspace (and, alone among them, the
+compressed prefill's dequantise route its transient K/V scratch: :mod:`tqgen.ops.prefill_dequant`),
+and never poison outputs.
 """
 
 from __future__ import annotations
