@@ -136,6 +136,7 @@ class CompressedStaticLayer(StaticLayer):
         self.workspace = self._workspace(self.device, need)
         # HF's generic code (reset, batch reorders) knows `keys`/`values`: point them at the codes.
         self.keys, self.values = self.k_packed, self.v_packed
+        self.derived: list[torch.Tensor] = []  # values the ops derive from the codebooks and rotation
         if not _compiling():  # fixed addresses: compiled graphs and CUDA graphs may mutate them
             for t in self._tensors():
                 torch._dynamo.mark_static_address(t)
@@ -148,7 +149,7 @@ class CompressedStaticLayer(StaticLayer):
         derived from its codebooks and rotation."""
         return [self.k_packed, self.k_norms, self.v_packed, self.v_norms, self.k_centroids, self.v_centroids,
                 self.rotation, self.k_boundaries, self.v_boundaries, self.cumulative_length, self.key_offset,
-                self.sink_keys, self.sink_values, *getattr(self, "derived", ())]
+                self.sink_keys, self.sink_values, *self.derived]
 
     def _kv_tensors(self) -> list[torch.Tensor]:
         """The K/V storage: codes, norms and the exact sinks."""

@@ -215,8 +215,9 @@ def decode(
     else:
         block_n, policy = config["BLOCK_N"], splits.policy_of(config)
     plan = splits.split_plan(batch * kv_heads, n_kv, block_n, policy, sm_count(q.device))
-    if extra_partial is not None:
-        plan = type(plan)(plan.num_splits, plan.kv_per_split, plan.capacity + extra_partial.slots)
+    extra_slots = extra_partial.slots if extra_partial is not None else 0
+    if extra_slots:
+        plan = type(plan)(plan.num_splits, plan.kv_per_split, plan.capacity + extra_slots)
     rows = batch * q_heads * n_q
     part_acc, part_m, part_l = parts[:3] if parts is not None else workspace(q.device, rows, head_dim, plan.capacity)
     scratch = parts[3] if parts is not None and len(parts) > 3 else None
@@ -243,7 +244,7 @@ def decode(
     if extra_partial is not None and not hopper:
         extra_partial((part_acc, part_m, part_l), plan.capacity, plan.num_splits)
     kernel(reduce)[(cdiv(rows, REDUCE_ROWS),)](
-        part_acc, part_m, part_l, plan.capacity, plan.num_splits + (extra_partial.slots if extra_partial else 0),
+        part_acc, part_m, part_l, plan.capacity, plan.num_splits + extra_slots,
         out, *out.stride(),
         *([pi] if reduce.rotate else []),
         rows, q_heads, n_q,

@@ -280,7 +280,7 @@ class ExactPartial:
     mask: Tensor | None
     causal: bool
 
-    @property
+    @functools.cached_property
     def slots(self) -> int:
         """Partial slots it writes (the workspace needs this many more per row): one program each
         per KV head, as many as fill the SMs the KV heads leave idle, at most one per tile."""
@@ -289,7 +289,7 @@ class ExactPartial:
         kv_heads = self.q.shape[0] * self.exact.keys.shape[1]
         return min(exact_slots(self.exact.count), max(1, sm_count(self.q.device) // max(1, kv_heads)))
 
-    @property
+    @functools.cached_property
     def tiles_per_slot(self) -> int:
         tiles = exact_slots(self.exact.count)
         return -(-tiles // self.slots)
