@@ -43,7 +43,7 @@ def compress(
     boundaries = boundaries.to(torch.float32).contiguous()
     block_t = config["BLOCK_T"]
     tiles = cdiv(n_tokens, block_t) * batch * heads
-    grid = (min(tiles, config.get("PROGRAMS_PER_SM", 2) * sm_count(x.device)),)  # persistent programs
+    grid = (min(tiles, config["PROGRAMS_PER_SM"] * sm_count(x.device)),)  # persistent programs
     kernel(spec)[grid](
         x, x.stride(0), x.stride(1), x.stride(2),
         rotation,

@@ -141,13 +141,13 @@ def tuned_entry(spec: VariantSpec, arch: str, bucket: str, gpu_name: str | None 
 
 
 def config_for(spec: VariantSpec, arch: str, bucket: str = "any", gpu_name: str | None = None) -> Config:
-    """The launch config to use: tuned if cached, else the arch's documented default."""
+    """The launch config to use: tuned if cached, else the arch's documented default.  A tuned or
+    forced config is completed with the default's keys, so an entry tuned before a parameter
+    existed still names every one."""
     limits = check_arch(arch)
     forced = _OVERRIDES.get(spec.id) if _OVERRIDES else None
-    if forced is not None:
-        config = {**default_config(spec, limits), **forced}
-    else:
-        config = tuned_entry(spec, arch, bucket, gpu_name) or default_config(spec, limits)
+    chosen = forced if forced is not None else tuned_entry(spec, arch, bucket, gpu_name)
+    config = {**default_config(spec, limits), **(chosen or {})}
     if _RECORDERS:
         for seen in _RECORDERS:
             seen.append(Lookup(spec, arch, bucket, dict(config), forced is not None))

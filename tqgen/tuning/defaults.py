@@ -45,6 +45,8 @@ def _attention_smem(block_m: int, block_n: int, d_pad: int, stages: int) -> int:
     return 2 * (stages * 2 * block_n * d_pad * 2 + block_m * d_pad * 2)
 
 
+COMPRESS_PROGRAMS_PER_SM = 2  # persistent compress programs per SM
+
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) of plain-V prefill on sm_90, by padded head dim.
 HOPPER_PREFILL = {64: (128, 64, 8, 3), 128: (128, 128, 8, 3), 256: (128, 64, 8, 2)}
 
@@ -75,6 +77,8 @@ def default_config(spec: VariantSpec, limits: ArchLimits) -> Config:
             return {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
         if fam is Family.DECODE_REDUCE:
             return {"num_warps": 4, "num_stages": 1}
+        if fam is Family.COMPRESS:
+            return {"BLOCK_T": 64, "num_warps": 4, "num_stages": 1, "PROGRAMS_PER_SM": COMPRESS_PROGRAMS_PER_SM}
         return {"BLOCK_T": 64, "num_warps": 4, "num_stages": 1}
 
     if fam is Family.ATTN_PREFILL:
@@ -96,5 +100,5 @@ def default_config(spec: VariantSpec, limits: ArchLimits) -> Config:
     if fam is Family.DECODE_REDUCE:
         return {"num_warps": 4, "num_stages": 1}
     if fam is Family.COMPRESS:  # persistent programs, two per SM (measured best on an H200)
-        return {"BLOCK_T": 64, "num_warps": 4, "num_stages": 1, "PROGRAMS_PER_SM": 2}
+        return {"BLOCK_T": 64, "num_warps": 4, "num_stages": 1, "PROGRAMS_PER_SM": COMPRESS_PROGRAMS_PER_SM}
     return {"BLOCK_T": 64 if d_pad <= 128 else 32, "num_warps": 4, "num_stages": 1}
